@@ -1,0 +1,179 @@
+"""Batch embedding under DashScope's per-call limits.
+
+The embedder never sends more texts in one call than the model accepts (25 for
+text-embedding-v1/v2, 10 for v3/v4: shared/REFERENCE.md), keeps input order, never sends an
+empty text, embeds a repeated text once, asks the cache before calling, and runs several calls at
+once (bounded) so a 1,000-chunk file is not 40 round trips in a row.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from rag_shared.config import EmbeddingModel
+from rag_shared.dashscope import EmbeddingBatch
+from rag_shared.errors import EmbeddingDimensionError
+from rag_shared.tokens import estimate_tokens
+from rag_shared.usage import Usage
+
+log = logging.getLogger(__name__)
+
+Vector = list[float]
+
+
+class EmbeddingBackend(Protocol):
+    """What the embedder needs from a client; :class:`rag_shared.dashscope.DashScopeClient` is one."""
+
+    def embed_batch(self, texts: Sequence[str], model: EmbeddingModel, dimensions: int) -> EmbeddingBatch: ...
+
+    async def aembed_batch(self, texts: Sequence[str], model: EmbeddingModel, dimensions: int) -> EmbeddingBatch: ...
+
+
+class EmbeddingCache(Protocol):
+    """Vectors already computed, by :func:`content_hash`. The indexer backs it with the index."""
+
+    def get_many(self, hashes: Sequence[str]) -> dict[str, Vector]: ...
+
+
+def content_hash(text: str, model: str, dimensions: int) -> str:
+    """Identifies a vector: same text, model and size give the same vector."""
+    return hashlib.sha256(f"{model}\x00{dimensions}\x00{text}".encode()).hexdigest()
+
+
+@dataclass
+class EmbedResult:
+    """Vectors aligned with the input; ``None`` where the text was empty (its index is in ``skipped``)."""
+
+    vectors: list[Vector | None]
+    skipped: list[int] = field(default_factory=list)
+    usage: Usage = field(default_factory=Usage)
+    cached: int = 0
+
+    @property
+    def calls(self) -> int:
+        return self.usage.calls
+
+
+def plan_batches(texts: Sequence[str], cap: int, known: set[int] | None = None) -> tuple[list[list[int]], list[int]]:
+    """Indices to send, grouped in batches of at most ``cap`` distinct texts, and the empty ones.
+
+    A text repeated in the input is sent once (its first index); ``known`` indices (cache hits)
+    are not sent.
+    """
+    skipped: list[int] = []
+    first_seen: dict[str, int] = {}
+    to_send: list[int] = []
+    for i, text in enumerate(texts):
+        if not text or not text.strip():
+            skipped.append(i)
+        elif known and i in known:
+            continue
+        elif text not in first_seen:
+            first_seen[text] = i
+            to_send.append(i)
+    return [to_send[i : i + cap] for i in range(0, len(to_send), cap)], skipped
+
+
+class Embedder:
+    def __init__(
+        self,
+        backend: EmbeddingBackend,
+        model: EmbeddingModel,
+        dimensions: int | None = None,
+        *,
+        batch_size: int | None = None,
+        concurrency: int = 4,
+        cache: EmbeddingCache | None = None,
+    ) -> None:
+        self.backend = backend
+        self.model = model
+        self.dimensions = dimensions or model.default_dimensions
+        if batch_size and batch_size > model.max_batch:
+            log.warning(
+                "embedding batch size %d exceeds %s's cap of %d texts per call; using %d",
+                batch_size, model.name, model.max_batch, model.max_batch,
+            )
+        self.batch_size = min(batch_size or model.max_batch, model.max_batch)
+        self.concurrency = max(1, concurrency)
+        self.cache = cache
+
+    def hash(self, text: str) -> str:
+        return content_hash(text, self.model.name, self.dimensions)
+
+    def _check(self, texts: Sequence[str]) -> None:
+        limit = self.model.max_tokens_per_text
+        too_long = [i for i, t in enumerate(texts) if estimate_tokens(t) > limit]
+        if too_long:
+            raise ValueError(f"texts {too_long[:10]} exceed {self.model.name}'s {limit} tokens per text")
+
+    def _validated(self, batch: EmbeddingBatch) -> EmbeddingBatch:
+        for vector in batch.vectors:
+            if len(vector) != self.dimensions:
+                raise EmbeddingDimensionError(
+                    f"{self.model.name} returned a {len(vector)}-dimensional vector; "
+                    f"the index expects {self.dimensions} (EMBEDDING_DIMENSIONS)"
+                )
+        return batch
+
+    def _from_cache(self, texts: Sequence[str]) -> dict[int, Vector]:
+        if self.cache is None:
+            return {}
+        hashes = {i: self.hash(t) for i, t in enumerate(texts) if t and t.strip()}
+        found = self.cache.get_many(sorted(set(hashes.values())))
+        return {i: found[h] for i, h in hashes.items() if h in found and len(found[h]) == self.dimensions}
+
+    def _assemble(
+        self, texts: Sequence[str], cached: dict[int, Vector], batches: list[list[int]],
+        results: list[EmbeddingBatch], skipped: list[int],
+    ) -> EmbedResult:
+        by_text: dict[str, Vector] = {}
+        usage = Usage()
+        for indices, result in zip(batches, results, strict=True):
+            usage += result.usage
+            for i, vector in zip(indices, result.vectors, strict=True):
+                by_text[texts[i]] = vector
+        for i, vector in cached.items():
+            by_text.setdefault(texts[i], vector)
+        skip = set(skipped)
+        vectors = [None if i in skip else by_text[t] for i, t in enumerate(texts)]
+        return EmbedResult(vectors, skipped, usage, cached=len(cached))
+
+    def embed(self, texts: Sequence[str]) -> EmbedResult:
+        """Embed with up to ``concurrency`` calls in flight on threads (the indexer's path)."""
+        self._check(texts)
+        cached = self._from_cache(texts)
+        batches, skipped = plan_batches(texts, self.batch_size, set(cached))
+        if skipped:
+            log.info("skipped %d empty texts at %s", len(skipped), skipped[:20])
+
+        def call(indices: list[int]) -> EmbeddingBatch:
+            batch = [texts[i] for i in indices]
+            return self._validated(self.backend.embed_batch(batch, self.model, self.dimensions))
+
+        if len(batches) <= 1 or self.concurrency == 1:
+            results = [call(b) for b in batches]
+        else:
+            with ThreadPoolExecutor(max_workers=min(self.concurrency, len(batches))) as pool:
+                results = list(pool.map(call, batches))
+        return self._assemble(texts, cached, batches, results, skipped)
+
+    async def aembed(self, texts: Sequence[str]) -> EmbedResult:
+        """The same on the event loop (the chat app's path)."""
+        self._check(texts)
+        cached = self._from_cache(texts)
+        batches, skipped = plan_batches(texts, self.batch_size, set(cached))
+        gate = asyncio.Semaphore(self.concurrency)
+
+        async def call(indices: list[int]) -> EmbeddingBatch:
+            async with gate:
+                batch = [texts[i] for i in indices]
+                return self._validated(await self.backend.aembed_batch(batch, self.model, self.dimensions))
+
+        results = list(await asyncio.gather(*(call(b) for b in batches)))
+        return self._assemble(texts, cached, batches, results, skipped)

@@ -1,0 +1,458 @@
+"""The OpenSearch k-NN vector store: chunk documents, per-source state, and search.
+
+Two indices: ``<index>`` holds one document per chunk (text, metadata, vector); ``<index>-sources``
+holds one small document per S3 key recording the newest event applied to it (its sequencer),
+so a replayed or late event can be recognised and ignored.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Callable, Iterable, Sequence
+from datetime import UTC, datetime
+from typing import Any, Literal, TypeVar
+from urllib.parse import urlsplit, urlunsplit
+
+from opensearchpy import OpenSearch, helpers
+from opensearchpy.exceptions import ConnectionError as OSConnectionError
+from opensearchpy.exceptions import ConnectionTimeout, NotFoundError, TransportError
+from pydantic import BaseModel, Field
+
+from rag_shared.config import OpenSearchAuth, Settings
+from rag_shared.errors import BulkWriteError, IndexMappingError, StoreError
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+VECTOR_FIELD = "embedding"
+SPACE = "cosinesimil"
+_RETRY_STATUS = {429, 502, 503, 504}
+
+
+# --- documents ----------------------------------------------------------------------------------
+
+
+class ChunkDoc(BaseModel):
+    """One chunk as stored. ``id`` is deterministic: the source key's hash and the chunk number."""
+
+    id: str
+    source_key: str
+    chunk_number: int
+    text: str
+    start: int
+    end: int
+    heading: str | None = None
+    content_hash: str
+    embedding_model: str
+    source_seq: str
+    etag: str | None = None
+    version_id: str | None = None
+    vector: list[float] = Field(repr=False)
+
+    def body(self) -> dict[str, Any]:
+        data = self.model_dump(exclude={"id", "vector"})
+        data[VECTOR_FIELD] = self.vector
+        return data
+
+
+class SourceState(BaseModel):
+    """The newest event applied to one S3 key."""
+
+    key: str
+    sequencer: str
+    etag: str | None = None
+    version_id: str | None = None
+    chunks: int = 0
+    deleted: bool = False
+    updated_at: str = Field(default_factory=lambda: datetime.now(UTC).isoformat())
+
+
+class SearchHit(BaseModel):
+    id: str
+    score: float
+    source_key: str
+    chunk_number: int
+    text: str
+    heading: str | None = None
+    start: int = 0
+    end: int = 0
+
+
+class SearchFilter(BaseModel):
+    """Restricts retrieval: to keys under a prefix, or to an explicit list of keys."""
+
+    key_prefix: str | None = None
+    keys: list[str] | None = None
+
+    def clauses(self) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        if self.key_prefix:
+            out.append({"prefix": {"source_key": self.key_prefix}})
+        if self.keys:
+            out.append({"terms": {"source_key": self.keys}})
+        return out
+
+
+def sequencer_newer(candidate: str, current: str | None) -> bool:
+    """Is ``candidate`` a later S3 event than ``current`` on the same key?
+
+    S3 sequencers are hex strings of varying length; the S3 user guide (event message structure)
+    says to right-pad the shorter with zeros and compare lexicographically.
+    """
+    if current is None:
+        return True
+    width = max(len(candidate), len(current))
+    return candidate.upper().ljust(width, "0") > current.upper().ljust(width, "0")
+
+
+def index_body(dimensions: int, engine: str, *, serverless: bool) -> dict[str, Any]:
+    """Settings and mappings of the chunk index: HNSW, cosine similarity, on faiss or lucene."""
+    settings: dict[str, Any] = {"index": {"knn": True}}
+    if not serverless:  # OpenSearch Serverless manages shards itself and rejects these
+        settings["index"].update({"number_of_shards": 1, "number_of_replicas": 1})
+    return {
+        "settings": settings,
+        "mappings": {
+            "properties": {
+                VECTOR_FIELD: {
+                    "type": "knn_vector",
+                    "dimension": dimensions,
+                    "method": {
+                        "name": "hnsw",
+                        "engine": engine,
+                        "space_type": SPACE,
+                        "parameters": {"m": 16, "ef_construction": 128},
+                    },
+                },
+                "text": {"type": "text"},
+                "source_key": {"type": "keyword"},
+                "chunk_number": {"type": "integer"},
+                "start": {"type": "integer"},
+                "end": {"type": "integer"},
+                "heading": {"type": "text"},
+                "content_hash": {"type": "keyword"},
+                "embedding_model": {"type": "keyword"},
+                "source_seq": {"type": "keyword"},
+                "etag": {"type": "keyword"},
+                "version_id": {"type": "keyword"},
+            }
+        },
+    }
+
+
+STATE_MAPPING: dict[str, Any] = {
+    "mappings": {
+        "properties": {
+            "key": {"type": "keyword"},
+            "sequencer": {"type": "keyword"},
+            "etag": {"type": "keyword"},
+            "version_id": {"type": "keyword"},
+            "chunks": {"type": "integer"},
+            "deleted": {"type": "boolean"},
+            "updated_at": {"type": "date"},
+        }
+    }
+}
+
+
+# --- client -------------------------------------------------------------------------------------
+
+
+def make_client(settings: Settings, *, credentials: Any = None) -> OpenSearch:
+    """An opensearch-py client for ``OPENSEARCH_URL``: SigV4 in AWS, basic auth or none locally."""
+    parts = urlsplit(settings.opensearch_url)
+    if not parts.scheme or not parts.hostname:
+        raise StoreError(f"OPENSEARCH_URL must be a URL like https://host:443, got {settings.opensearch_url!r}")
+    port = parts.port or (443 if parts.scheme == "https" else 9200)
+    clean_url = urlunsplit((parts.scheme, f"{parts.hostname}:{port}", parts.path, "", ""))
+    kwargs: dict[str, Any] = {
+        "hosts": [clean_url],
+        "use_ssl": parts.scheme == "https",
+        "verify_certs": parts.scheme == "https",
+        "timeout": settings.opensearch_timeout_seconds,
+        "max_retries": 0,  # VectorStore retries with backoff instead of immediately
+        "http_compress": parts.scheme == "https",
+    }
+    if settings.opensearch_auth is OpenSearchAuth.SIGV4:
+        from opensearchpy import AWSV4SignerAuth, RequestsHttpConnection
+
+        if credentials is None:
+            import boto3
+
+            credentials = boto3.Session().get_credentials()
+        kwargs["http_auth"] = AWSV4SignerAuth(credentials, settings.aws_region, settings.opensearch_service)
+        kwargs["connection_class"] = RequestsHttpConnection
+    elif settings.opensearch_auth is OpenSearchAuth.BASIC or parts.username:
+        kwargs["http_auth"] = (parts.username or "", parts.password or "")
+    return OpenSearch(**kwargs)
+
+
+# --- the store ----------------------------------------------------------------------------------
+
+
+class VectorStore:
+    def __init__(
+        self,
+        client: OpenSearch,
+        index: str,
+        dimensions: int,
+        *,
+        engine: Literal["faiss", "lucene"] = "lucene",
+        serverless: bool = False,
+        max_attempts: int = 5,
+        backoff_seconds: float = 0.5,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.client = client
+        self.index = index
+        self.state_index = f"{index}-sources"
+        self.dimensions = dimensions
+        self.engine = engine
+        self.serverless = serverless
+        self.max_attempts = max_attempts
+        self.backoff_seconds = backoff_seconds
+        self._sleep = sleep
+        self._ready = False
+
+    @classmethod
+    def from_settings(cls, settings: Settings, client: OpenSearch | None = None) -> VectorStore:
+        return cls(
+            client or make_client(settings),
+            settings.opensearch_index,
+            settings.dimensions,
+            engine=settings.opensearch_engine,
+            serverless=settings.opensearch_service == "aoss",
+        )
+
+    # retries
+
+    def _delay(self, attempt: int) -> float:
+        base: float = min(self.backoff_seconds * 2 ** (attempt - 1), 20.0)
+        return base * (0.75 + random.random() / 4)  # noqa: S311 - jitter, not crypto
+
+    def _retry(self, what: str, fn: Callable[[], T]) -> T:
+        """Run ``fn``, retrying throttling, 5xx and connection failures with backoff and jitter."""
+        for attempt in range(1, self.max_attempts + 1):
+            try:
+                return fn()
+            except NotFoundError:
+                raise  # a missing index or document is an answer, not a failure
+            except (OSConnectionError, ConnectionTimeout) as exc:
+                if attempt == self.max_attempts:
+                    raise StoreError(f"OpenSearch {what} failed: cannot connect ({type(exc).__name__})") from None
+            except TransportError as exc:
+                status = exc.status_code if isinstance(exc.status_code, int) else 0
+                if status not in _RETRY_STATUS or attempt == self.max_attempts:
+                    raise StoreError(f"OpenSearch {what} failed: {status} {exc.error}") from None
+            log.warning("OpenSearch %s failed, retrying", what, extra={"attempt": attempt})
+            self._sleep(self._delay(attempt))
+        raise AssertionError("unreachable")
+
+    # index management
+
+    def ensure_index(self) -> None:
+        """Create both indices on first use; refuse an existing chunk index built for another size."""
+        if self._ready:
+            return
+        for name, body in (
+            (self.index, index_body(self.dimensions, self.engine, serverless=self.serverless)),
+            (self.state_index, STATE_MAPPING),
+        ):
+            exists = self._retry("index exists", lambda n=name: self.client.indices.exists(index=n))  # type: ignore[misc]
+            if not exists:
+                try:
+                    self._retry("create index", lambda n=name, b=body: self.client.indices.create(index=n, body=b))  # type: ignore[misc]
+                    log.info("created index %s", name)
+                except StoreError as exc:
+                    if "resource_already_exists" not in str(exc):  # another instance won the race
+                        raise
+        self._check_mapping()
+        self._ready = True
+
+    def _check_mapping(self) -> None:
+        mapping = self._retry("get mapping", lambda: self.client.indices.get_mapping(index=self.index))
+        props = next(iter(mapping.values()))["mappings"].get("properties", {})
+        field = props.get(VECTOR_FIELD)
+        if not field or field.get("type") != "knn_vector":
+            raise IndexMappingError(
+                f"index {self.index} exists without a knn_vector field {VECTOR_FIELD!r}; "
+                "set OPENSEARCH_INDEX to a new name or delete the index"
+            )
+        if int(field.get("dimension", 0)) != self.dimensions:
+            raise IndexMappingError(
+                f"index {self.index} holds {field.get('dimension')}-dimensional vectors but the embedding model "
+                f"produces {self.dimensions}; set OPENSEARCH_INDEX to a new name (and backfill) or delete the index"
+            )
+        space = (field.get("method") or {}).get("space_type") or field.get("space_type")
+        if space and space != SPACE:
+            raise IndexMappingError(f"index {self.index} uses space {space!r}; this service needs {SPACE!r}")
+
+    def refresh(self) -> None:
+        """Make recent writes searchable now; Serverless has no refresh API and refreshes itself."""
+        if not self.serverless:
+            self._retry("refresh", lambda: self.client.indices.refresh(index=f"{self.index},{self.state_index}"))
+
+    # writes
+
+    def write_chunks(self, docs: Sequence[ChunkDoc]) -> int:
+        """Bulk-index; items that fail transiently are retried alone, with backoff."""
+        pending = {d.id: {"_op_type": "index", "_index": self.index, "_id": d.id, "_source": d.body()} for d in docs}
+        return self._bulk(pending)
+
+    def delete_ids(self, ids: Iterable[str]) -> int:
+        pending = {i: {"_op_type": "delete", "_index": self.index, "_id": i} for i in ids}
+        return self._bulk(pending)
+
+    def _bulk(self, pending: dict[str, dict[str, Any]]) -> int:
+        done = 0
+        for attempt in range(1, self.max_attempts + 1):
+            if not pending:
+                break
+            actions = list(pending.values())
+            ok, errors = self._retry(
+                "bulk",
+                lambda a=actions: helpers.bulk(  # type: ignore[misc]
+                    self.client, a, raise_on_error=False, raise_on_exception=True, max_retries=0, chunk_size=500
+                ),
+            )
+            done += ok
+            failed: dict[str, dict[str, Any]] = {}
+            fatal: list[str] = []
+            for item in errors:
+                (op, result), = item.items()
+                status = int(result.get("status", 0))
+                if op == "delete" and status == 404:
+                    done += 1  # already gone: that is what we wanted
+                    continue
+                doc_id = str(result.get("_id"))
+                if status in _RETRY_STATUS or status >= 500:
+                    failed[doc_id] = pending[doc_id]
+                else:
+                    reason = (result.get("error") or {}).get("reason", "") if isinstance(result.get("error"), dict) else ""
+                    fatal.append(f"{doc_id}: {status} {reason}")
+            if fatal:
+                raise BulkWriteError(f"{len(fatal)} bulk items rejected: {fatal[:3]}")
+            pending = failed
+            if pending and attempt < self.max_attempts:
+                log.warning("retrying %d failed bulk items", len(pending), extra={"attempt": attempt})
+                self._sleep(self._delay(attempt))
+        if pending:
+            raise BulkWriteError(f"{len(pending)} bulk items still failing after {self.max_attempts} attempts")
+        return done
+
+    def delete_source(self, key: str, *, except_seq: str | None = None) -> int:
+        """Delete the chunks of ``key`` (all, or all not written for ``except_seq``)."""
+        query: dict[str, Any] = {"bool": {"filter": [{"term": {"source_key": key}}]}}
+        if except_seq is not None:
+            query["bool"]["must_not"] = [{"term": {"source_seq": except_seq}}]
+        self.refresh()  # delete-by-query sees only refreshed documents
+        result = self._retry(
+            "delete by query",
+            lambda: self.client.delete_by_query(
+                index=self.index, body={"query": query}, params={"conflicts": "proceed", "refresh": "true"}
+            ),
+        )
+        if result.get("failures"):
+            raise StoreError(f"delete of stale chunks for {key} had failures: {result['failures'][:2]}")
+        return int(result.get("deleted", 0))
+
+    # per-source state
+
+    def get_state(self, key: str) -> SourceState | None:
+        try:
+            doc = self._retry("get state", lambda: self.client.get(index=self.state_index, id=key))
+        except NotFoundError:
+            return None
+        return SourceState.model_validate(doc["_source"]) if doc.get("found") else None
+
+    def put_state(self, state: SourceState) -> None:
+        self._retry(
+            "put state",
+            lambda: self.client.index(index=self.state_index, id=state.key, body=state.model_dump()),
+        )
+
+    def list_states(self, prefix: str = "") -> dict[str, SourceState]:
+        """Every recorded source under ``prefix`` (the backfill compares them with the bucket)."""
+        query: dict[str, Any] = {"prefix": {"key": prefix}} if prefix else {"match_all": {}}
+        out: dict[str, SourceState] = {}
+        for hit in helpers.scan(self.client, index=self.state_index, query={"query": query}, size=1000):
+            state = SourceState.model_validate(hit["_source"])
+            out[state.key] = state
+        return out
+
+    # reads
+
+    def get_many(self, hashes: Sequence[str]) -> dict[str, list[float]]:
+        """Vectors already stored for these content hashes: the embedder's cache."""
+        if not hashes:
+            return {}
+        body = {
+            "size": len(hashes),
+            "_source": ["content_hash", VECTOR_FIELD],
+            "query": {"terms": {"content_hash": list(hashes)}},
+            "collapse": {"field": "content_hash"},
+        }
+        try:
+            result = self._retry("cache lookup", lambda: self.client.search(index=self.index, body=body))
+        except (StoreError, NotFoundError) as exc:
+            log.warning("embedding cache lookup failed; embedding everything: %s", exc)
+            return {}
+        found: dict[str, list[float]] = {}
+        for hit in result["hits"]["hits"]:
+            src = hit.get("_source", {})
+            if src.get(VECTOR_FIELD):
+                found[src["content_hash"]] = src[VECTOR_FIELD]
+        return found
+
+    def search(self, vector: Sequence[float], k: int, flt: SearchFilter | None = None) -> list[SearchHit]:
+        knn: dict[str, Any] = {"vector": list(vector), "k": k}
+        clauses = flt.clauses() if flt else []
+        if clauses:
+            knn["filter"] = {"bool": {"filter": clauses}}
+        body = {
+            "size": k,
+            "_source": {"excludes": [VECTOR_FIELD]},
+            "query": {"knn": {VECTOR_FIELD: knn}},
+        }
+        try:
+            result = self._retry("search", lambda: self.client.search(index=self.index, body=body))
+        except NotFoundError:
+            return []  # nothing indexed yet
+        hits = []
+        for hit in result["hits"]["hits"]:
+            src = hit["_source"]
+            hits.append(
+                SearchHit(
+                    id=hit["_id"],
+                    score=float(hit["_score"]),
+                    source_key=src["source_key"],
+                    chunk_number=int(src["chunk_number"]),
+                    text=src["text"],
+                    heading=src.get("heading"),
+                    start=int(src.get("start", 0)),
+                    end=int(src.get("end", 0)),
+                )
+            )
+        return hits
+
+    def count(self, key: str | None = None) -> int:
+        query = {"term": {"source_key": key}} if key else {"match_all": {}}
+        try:
+            result = self._retry("count", lambda: self.client.count(index=self.index, body={"query": query}))
+        except NotFoundError:
+            return 0
+        return int(result["count"])
+
+
+__all__ = [
+    "ChunkDoc",
+    "SearchFilter",
+    "SearchHit",
+    "SourceState",
+    "VectorStore",
+    "index_body",
+    "make_client",
+    "sequencer_newer",
+]
