@@ -15,12 +15,12 @@ from typing import Any
 import boto3
 import pytest
 from moto.server import ThreadedMotoServer
-
 from rag_shared.config import Settings, load_settings
 from rag_shared.dashscope import DashScopeClient
 from rag_shared.embeddings import Embedder
 from rag_shared.secrets import ApiKeyProvider
 from rag_shared.store import VectorStore, make_client
+
 from tests.standins.dashscope import DashScopeStandIn
 from tests.standins.opensearch import OpenSearchStandIn
 

@@ -7,7 +7,7 @@ import json
 import socket
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, Self
 from urllib.parse import parse_qs, urlsplit
 
 
@@ -90,9 +90,9 @@ class StandInServer:
     def url(self) -> str:
         assert self._server is not None
         host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}"
+        return f"http://{host!s}:{port}"
 
-    def start(self, port: int = 0) -> StandInServer:
+    def start(self, port: int = 0) -> Self:
         outer = self
 
         class Handler(BaseHTTPRequestHandler):

@@ -26,12 +26,20 @@ from typing import Any
 from tests.standins.base import Request, StandInServer
 
 # Independent of the product's catalog on purpose: a product bug must not be mirrored here.
-EMBED_LIMITS = {
+EMBED_LIMITS: dict[str, dict[str, Any]] = {
     "text-embedding-v1": {"batch": 25, "tokens": 2048, "dims": [1536], "default": 1536},
     "text-embedding-v2": {"batch": 25, "tokens": 2048, "dims": [1536], "default": 1536},
-    "text-embedding-v3": {"batch": 10, "tokens": 8192, "dims": [1024, 768, 512, 256, 128, 64], "default": 1024},
+    "text-embedding-v3": {
+        "batch": 10,
+        "tokens": 8192,
+        "dims": [1024, 768, 512, 256, 128, 64],
+        "default": 1024,
+    },
     "text-embedding-v4": {
-        "batch": 10, "tokens": 8192, "dims": [2048, 1536, 1024, 768, 512, 256, 128, 64], "default": 1024,
+        "batch": 10,
+        "tokens": 8192,
+        "dims": [2048, 1536, 1024, 768, 512, 256, 128, 64],
+        "default": 1024,
     },
 }
 CHAT_LIMITS = {  # max input tokens, max output tokens, thinking mode
@@ -146,10 +154,7 @@ class DashScopeStandIn(StandInServer):
 
     def calls(self, suffix: str = "", status: int | None = None) -> list[Call]:
         with self.lock:
-            return [
-                c for c in self.state.calls
-                if c.path.endswith(suffix) and (status is None or c.status == status)
-            ]
+            return [c for c in self.state.calls if c.path.endswith(suffix) and (status is None or c.status == status)]
 
     # plumbing
 
@@ -164,7 +169,15 @@ class DashScopeStandIn(StandInServer):
     def _record(self, req: Request, model: str | None, size: int, status: int, stream: bool = False) -> None:
         with self.lock:
             self.state.calls.append(
-                Call(req.path, model, size, status, req.headers.get("X-DashScope-WorkSpace"), stream, time.monotonic())
+                Call(
+                    req.path,
+                    model,
+                    size,
+                    status,
+                    req.headers.get("X-DashScope-WorkSpace"),
+                    stream,
+                    time.monotonic(),
+                )
             )
 
     def _rate_limited(self) -> bool:
@@ -214,7 +227,8 @@ class DashScopeStandIn(StandInServer):
         if self._rate_limited():
             self._record(req, model, 0, 429)
             return req.send_json(
-                429, error_body("Throttling.RateQuota", "Requests rate limit exceeded, please try again later."),
+                429,
+                error_body("Throttling.RateQuota", "Requests rate limit exceeded, please try again later."),
             )
         if req.path.endswith("/embeddings"):
             return self._embeddings(req, body)
@@ -240,7 +254,8 @@ class DashScopeStandIn(StandInServer):
             return bad(400, "InvalidParameter", "input must be a string or a non-empty list of strings")
         if len(texts) > limits["batch"]:
             return bad(
-                400, "InvalidParameter",
+                400,
+                "InvalidParameter",
                 f"batch size is invalid, it should not be larger than {limits['batch']}.: input.contents",
             )
         for t in texts:
@@ -256,13 +271,19 @@ class DashScopeStandIn(StandInServer):
             return bad(400, "InvalidParameter", f"dimensions must be one of {limits['dims']}")
         tokens = sum(count_tokens(t) for t in texts)
         self._record(req, model, size, 200)
-        req.send_json(200, {
-            "object": "list",
-            "data": [{"object": "embedding", "index": i, "embedding": fake_embedding(t, dims)} for i, t in enumerate(texts)],
-            "model": model,
-            "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
-            "id": str(uuid.uuid4()),
-        })
+        req.send_json(
+            200,
+            {
+                "object": "list",
+                "data": [
+                    {"object": "embedding", "index": i, "embedding": fake_embedding(t, dims)}
+                    for i, t in enumerate(texts)
+                ],
+                "model": model,
+                "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+                "id": str(uuid.uuid4()),
+            },
+        )
 
     def _answer(self, messages: list[dict[str, Any]]) -> str:
         if self.reply is not None:
@@ -304,8 +325,11 @@ class DashScopeStandIn(StandInServer):
             return bad(400, "data_inspection_failed", "Input data may contain inappropriate content.")
         thinking = thinking_mode == "always" or (thinking_mode == "optional" and bool(body.get("enable_thinking")))
         if thinking and not stream and thinking_mode == "optional":
-            return bad(400, "invalid_parameter_error",
-                       "parameter.enable_thinking must be set to false for non-streaming calls")
+            return bad(
+                400,
+                "invalid_parameter_error",
+                "parameter.enable_thinking must be set to false for non-streaming calls",
+            )
 
         answer = self._answer(messages)
         pieces = re.findall(r"\s*\S+", answer)
@@ -326,15 +350,24 @@ class DashScopeStandIn(StandInServer):
             message: dict[str, Any] = {"role": "assistant", "content": "".join(pieces)}
             if reasoning:
                 message["reasoning_content"] = "".join(reasoning)
-            return req.send_json(200, {
-                "id": cid, "object": "chat.completion", "created": created, "model": model,
-                "choices": [{"index": 0, "message": message, "finish_reason": "stop"}],
-                "usage": usage,
-            })
+            return req.send_json(
+                200,
+                {
+                    "id": cid,
+                    "object": "chat.completion",
+                    "created": created,
+                    "model": model,
+                    "choices": [{"index": 0, "message": message, "finish_reason": "stop"}],
+                    "usage": usage,
+                },
+            )
 
         def chunk(delta: dict[str, Any], finish: str | None = None) -> bytes:
             payload = {
-                "id": cid, "object": "chat.completion.chunk", "created": created, "model": model,
+                "id": cid,
+                "object": "chat.completion.chunk",
+                "created": created,
+                "model": model,
                 "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}],
             }
             return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n".encode()
@@ -345,8 +378,14 @@ class DashScopeStandIn(StandInServer):
         frames += [chunk({"content": p}) for p in pieces]
         frames.append(chunk({"content": ""}, "stop"))
         if (body.get("stream_options") or {}).get("include_usage"):
-            tail = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": model,
-                    "choices": [], "usage": usage}
+            tail: dict[str, Any] = {
+                "id": cid,
+                "object": "chat.completion.chunk",
+                "created": created,
+                "model": model,
+                "choices": [],
+                "usage": usage,
+            }
             frames.append(f"data: {json.dumps(tail)}\n\n".encode())
         frames.append(b"data: [DONE]\n\n")
         for n, frame in enumerate(frames):

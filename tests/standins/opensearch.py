@@ -19,7 +19,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Self
 
 from tests.standins.base import Request, StandInServer
 
@@ -62,7 +62,7 @@ def matches(query: dict[str, Any] | None, doc: dict[str, Any], doc_id: str) -> b
     """The query-DSL subset the product sends."""
     if not query:
         return True
-    (kind, spec), = query.items()
+    ((kind, spec),) = query.items()
     if kind == "match_all":
         return True
     if kind == "bool":
@@ -75,12 +75,12 @@ def matches(query: dict[str, Any] | None, doc: dict[str, Any], doc_id: str) -> b
         return not shoulds or any(matches(q, doc, doc_id) for q in shoulds)
     if kind == "ids":
         return doc_id in spec["values"]
-    (fname, value), = spec.items()
+    ((fname, value),) = spec.items()
     actual = doc.get(fname)
     if isinstance(value, dict) and "value" in value:
         value = value["value"]
     if kind == "term":
-        return actual == value
+        return bool(actual == value)
     if kind == "terms":
         return actual in value
     if kind == "prefix":
@@ -128,7 +128,7 @@ class OpenSearchStandIn(StandInServer):
         self._refresher: threading.Thread | None = None
         self.refresh_interval = refresh_interval
 
-    def start(self, port: int = 0) -> OpenSearchStandIn:
+    def start(self, port: int = 0) -> Self:
         super().start(port)
         if self.refresh_interval:
             self._refresher = threading.Thread(target=self._auto_refresh, daemon=True)
@@ -210,8 +210,8 @@ class OpenSearchStandIn(StandInServer):
         if op == "_count":
             body = req.json() or {}
             with self.lock:
-                n = sum(1 for i, d in idx.searchable.items() if matches(body.get("query"), d, i))
-            return 200, {"count": n}
+                count = sum(1 for i, d in idx.searchable.items() if matches(body.get("query"), d, i))
+            return 200, {"count": count}
         if op == "_delete_by_query":
             return 200, self._delete_by_query(idx, req)
         raise Refused(400, "illegal_argument_exception", f"stand-in does not implement {m} {req.path}")
@@ -236,14 +236,20 @@ class OpenSearchStandIn(StandInServer):
                 continue
             dim = spec.get("dimension")
             if not isinstance(dim, int) or not 1 <= dim <= MAX_DIMENSION:
-                raise Refused(400, "mapper_parsing_exception",
-                              f"Dimension value must be between 1 and {MAX_DIMENSION} for [{fname}]")
+                raise Refused(
+                    400,
+                    "mapper_parsing_exception",
+                    f"Dimension value must be between 1 and {MAX_DIMENSION} for [{fname}]",
+                )
             method = spec.get("method") or {}
             engine = method.get("engine", "faiss")
             space = method.get("space_type", spec.get("space_type", "l2"))
             if engine == "nmslib":
-                raise Refused(400, "mapper_parsing_exception",
-                              "nmslib engine is deprecated; creating new indices with it is blocked. Use faiss or lucene")
+                raise Refused(
+                    400,
+                    "mapper_parsing_exception",
+                    "nmslib engine is deprecated; creating new indices with it is blocked. Use faiss or lucene",
+                )
             if engine not in ENGINE_SPACES:
                 raise Refused(400, "mapper_parsing_exception", f"Invalid engine type: {engine}")
             if space not in ENGINE_SPACES[engine]:
@@ -251,8 +257,11 @@ class OpenSearchStandIn(StandInServer):
             if method and method.get("name") != "hnsw" and not (engine == "faiss" and method.get("name") == "ivf"):
                 raise Refused(400, "mapper_parsing_exception", f"Invalid method name: {method.get('name')}")
             if method and not knn_enabled:
-                raise Refused(400, "illegal_argument_exception",
-                              "Cannot set method for knn_vector field when index.knn is false")
+                raise Refused(
+                    400,
+                    "illegal_argument_exception",
+                    "Cannot set method for knn_vector field when index.knn is false",
+                )
         with self.lock:
             self.indices[name] = Index(name, mappings, settings)
         return 200, {"acknowledged": True, "shards_acknowledged": True, "index": name}
@@ -266,8 +275,11 @@ class OpenSearchStandIn(StandInServer):
             vec = doc[fname]
             if not isinstance(vec, list) or len(vec) != spec["dimension"]:
                 got = len(vec) if isinstance(vec, list) else type(vec).__name__
-                raise Refused(400, "mapper_parsing_exception",
-                              f"Vector dimension mismatch. Expected: {spec['dimension']}, Given: {got}")
+                raise Refused(
+                    400,
+                    "mapper_parsing_exception",
+                    f"Vector dimension mismatch. Expected: {spec['dimension']}, Given: {got}",
+                )
             space = (spec.get("method") or {}).get("space_type", spec.get("space_type", "l2"))
             if space == "cosinesimil" and not any(vec):
                 raise Refused(400, "mapper_parsing_exception", "zero vector is not supported for cosinesimil")
@@ -290,7 +302,11 @@ class OpenSearchStandIn(StandInServer):
                 result = self._put(idx, doc_id, req.json())
                 if req.query.get("refresh") in ("true", "wait_for", ""):
                     idx.refresh()
-                return (201 if result == "created" else 200), {"_index": idx.name, "_id": doc_id, "result": result}
+                return (201 if result == "created" else 200), {
+                    "_index": idx.name,
+                    "_id": doc_id,
+                    "result": result,
+                }
             if req.method == "DELETE":
                 found = idx.live.pop(doc_id, None) is not None
                 return (200 if found else 404), {"_id": doc_id, "result": "deleted" if found else "not_found"}
@@ -303,7 +319,7 @@ class OpenSearchStandIn(StandInServer):
         touched: set[str] = set()
         with self.lock:
             while i < len(lines):
-                (op, meta), = lines[i].items()
+                ((op, meta),) = lines[i].items()
                 i += 1
                 source = None
                 if op in ("index", "create", "update"):
@@ -344,15 +360,17 @@ class OpenSearchStandIn(StandInServer):
             docs = dict(idx.searchable)
         scored: list[tuple[float, str, dict[str, Any]]] = []
         if "knn" in query:
-            (fname, spec), = query["knn"].items()
+            ((fname, spec),) = query["knn"].items()
             field_spec = idx.vector_fields().get(fname)
             if field_spec is None:
                 raise Refused(400, "query_shard_exception", f"Field '{fname}' is not knn_vector type.")
             vec = spec["vector"]
             if len(vec) != field_spec["dimension"]:
-                raise Refused(400, "query_shard_exception",
-                              f"Query vector has invalid dimension: {len(vec)}. Dimension should be: "
-                              f"{field_spec['dimension']}")
+                raise Refused(
+                    400,
+                    "query_shard_exception",
+                    f"Query vector has invalid dimension: {len(vec)}. Dimension should be: {field_spec['dimension']}",
+                )
             space = (field_spec.get("method") or {}).get("space_type", "l2")
             if space == "cosinesimil" and not any(vec):
                 raise Refused(400, "illegal_argument_exception", "zero vector is not supported for cosinesimil")
@@ -378,9 +396,13 @@ class OpenSearchStandIn(StandInServer):
             for s, i, d in scored[:size]
         ]
         return {
-            "took": 1, "timed_out": False,
-            "hits": {"total": {"value": len(scored), "relation": "eq"}, "max_score": hits[0]["_score"] if hits else None,
-                     "hits": hits},
+            "took": 1,
+            "timed_out": False,
+            "hits": {
+                "total": {"value": len(scored), "relation": "eq"},
+                "max_score": hits[0]["_score"] if hits else None,
+                "hits": hits,
+            },
         }
 
     @staticmethod
@@ -411,8 +433,14 @@ class OpenSearchStandIn(StandInServer):
                 raise Refused(409, "version_conflict_engine_exception", f"{conflicts} version conflicts")
             if req.query.get("refresh") in ("true", ""):
                 idx.refresh()
-        return {"took": 1, "timed_out": False, "total": len(targets), "deleted": deleted,
-                "version_conflicts": conflicts, "failures": []}
+        return {
+            "took": 1,
+            "timed_out": False,
+            "total": len(targets),
+            "deleted": deleted,
+            "version_conflicts": conflicts,
+            "failures": [],
+        }
 
 
 def main() -> None:  # pragma: no cover - used by the local demo

@@ -97,7 +97,10 @@ class Embedder:
         if batch_size and batch_size > model.max_batch:
             log.warning(
                 "embedding batch size %d exceeds %s's cap of %d texts per call; using %d",
-                batch_size, model.name, model.max_batch, model.max_batch,
+                batch_size,
+                model.name,
+                model.max_batch,
+                model.max_batch,
             )
         self.batch_size = min(batch_size or model.max_batch, model.max_batch)
         self.concurrency = max(1, concurrency)
@@ -129,8 +132,12 @@ class Embedder:
         return {i: found[h] for i, h in hashes.items() if h in found and len(found[h]) == self.dimensions}
 
     def _assemble(
-        self, texts: Sequence[str], cached: dict[int, Vector], batches: list[list[int]],
-        results: list[EmbeddingBatch], skipped: list[int],
+        self,
+        texts: Sequence[str],
+        cached: dict[int, Vector],
+        batches: list[list[int]],
+        results: list[EmbeddingBatch],
+        skipped: list[int],
     ) -> EmbedResult:
         by_text: dict[str, Vector] = {}
         usage = Usage()

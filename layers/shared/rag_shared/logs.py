@@ -8,6 +8,7 @@ Every secret the process loads is registered here; a log-record factory replaces
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import traceback
 from typing import Any
@@ -17,6 +18,16 @@ from aws_lambda_powertools import Logger
 _MASK = "***"
 _MIN_SECRET_LEN = 8  # shorter strings would mask ordinary words
 _secrets: set[str] = set()
+# Secrets recognisable by shape, masked even before (or without) registration: botocore's DEBUG
+# log prints GetSecretValue's raw response body before our code ever sees the value.
+_PATTERNS = [
+    (
+        re.compile(r'((?:api[_-]?key|DASHSCOPE_API_KEY)\\?"?\s*[:=]\s*\\?"?)[A-Za-z0-9._\-]{8,}', re.I),
+        r"\1***",
+    ),
+    (re.compile(r"(Bearer\s+)[A-Za-z0-9._\-]{8,}"), r"\1***"),
+    (re.compile(r'("?SecretString"?\s*[:=]\s*)("(?:[^"\\]|\\.)*"|\S+)'), r'\1"***"'),
+]
 _lock = threading.Lock()
 _installed = False
 
@@ -30,6 +41,8 @@ def register_secret(value: str) -> None:
 
 
 def redact(text: str) -> str:
+    for pattern, replacement in _PATTERNS:
+        text = pattern.sub(replacement, text)
     for secret in _secrets:
         if secret in text:
             text = text.replace(secret, _MASK)
@@ -45,8 +58,6 @@ def _install() -> None:
 
         def factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
             record = base_factory(*args, **kwargs)
-            if not _secrets:
-                return record
             try:
                 message = record.getMessage()
             except Exception:  # a bad format string must not break logging
@@ -62,6 +73,11 @@ def _install() -> None:
 
         logging.setLogRecordFactory(factory)
         _installed = True
+
+
+def install() -> None:
+    """Turn redaction on for the process (idempotent); entry points call it at import."""
+    _install()
 
 
 def get_logger(service: str) -> Logger:

@@ -263,13 +263,16 @@ class VectorStore:
             exists = self._retry("index exists", lambda n=name: self.client.indices.exists(index=n))  # type: ignore[misc]
             if not exists:
                 try:
-                    self._retry("create index", lambda n=name, b=body: self.client.indices.create(index=n, body=b))  # type: ignore[misc]
+                    self._create(name, body)
                     log.info("created index %s", name)
                 except StoreError as exc:
                     if "resource_already_exists" not in str(exc):  # another instance won the race
                         raise
         self._check_mapping()
         self._ready = True
+
+    def _create(self, name: str, body: dict[str, Any]) -> None:
+        self._retry("create index", lambda: self.client.indices.create(index=name, body=body))
 
     def _check_mapping(self) -> None:
         mapping = self._retry("get mapping", lambda: self.client.indices.get_mapping(index=self.index))
@@ -314,14 +317,19 @@ class VectorStore:
             ok, errors = self._retry(
                 "bulk",
                 lambda a=actions: helpers.bulk(  # type: ignore[misc]
-                    self.client, a, raise_on_error=False, raise_on_exception=True, max_retries=0, chunk_size=500
+                    self.client,
+                    a,
+                    raise_on_error=False,
+                    raise_on_exception=True,
+                    max_retries=0,
+                    chunk_size=500,
                 ),
             )
             done += ok
             failed: dict[str, dict[str, Any]] = {}
             fatal: list[str] = []
             for item in errors:
-                (op, result), = item.items()
+                ((op, result),) = item.items()
                 status = int(result.get("status", 0))
                 if op == "delete" and status == 404:
                     done += 1  # already gone: that is what we wanted
@@ -330,7 +338,9 @@ class VectorStore:
                 if status in _RETRY_STATUS or status >= 500:
                     failed[doc_id] = pending[doc_id]
                 else:
-                    reason = (result.get("error") or {}).get("reason", "") if isinstance(result.get("error"), dict) else ""
+                    reason = (
+                        (result.get("error") or {}).get("reason", "") if isinstance(result.get("error"), dict) else ""
+                    )
                     fatal.append(f"{doc_id}: {status} {reason}")
             if fatal:
                 raise BulkWriteError(f"{len(fatal)} bulk items rejected: {fatal[:3]}")

@@ -15,14 +15,17 @@ import re
 from collections.abc import Iterator
 
 _CJK = r"\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff\uff00-\uffef\u3000-\u303f"
-# group 1: one CJK char; 2: a run of letters; 3: one digit; 4: a newline run; 5: one other symbol
-_PIECE = re.compile(rf"([{_CJK}])|([^\W\d_{_CJK}]+)|(\d)|(\n+)|([^\s{_CJK}])")
+# group 1: one CJK char; 2: a run of letters; 3: one digit, with the blanks before it (Qwen makes
+# those a token of their own); 4: a newline run; 5: one other symbol
+_PIECE = re.compile(rf"([{_CJK}])|([^\W\d_{_CJK}]+)|([ \t]*\d)|(\n+)|([^\s{_CJK}])")
 _LETTERS_PER_TOKEN = 4
 
 
 def _piece_tokens(match: re.Match[str]) -> int:
     if match.lastindex == 2:
         return -(-len(match.group(2)) // _LETTERS_PER_TOKEN)
+    if match.lastindex == 3 and len(match.group(3)) > 1:
+        return 2
     return 1
 
 
