@@ -85,6 +85,16 @@ def matches(query: dict[str, Any] | None, doc: dict[str, Any], doc_id: str) -> b
         return actual in value
     if kind == "prefix":
         return isinstance(actual, str) and actual.startswith(value)
+    if kind == "range":
+        if actual is None:
+            return False
+        checks = {
+            "lt": lambda b: actual < b,
+            "lte": lambda b: actual <= b,
+            "gt": lambda b: actual > b,
+            "gte": lambda b: actual >= b,
+        }
+        return all(checks[op](bound) for op, bound in value.items() if op in checks)
     raise Refused(400, "parsing_exception", f"unknown query [{kind}]")
 
 
@@ -382,6 +392,17 @@ class OpenSearchStandIn(StandInServer):
             scored = scored[: int(spec["k"])]
         else:
             scored = [(1.0, i, d) for i, d in docs.items() if matches(query, d, i)]
+        if "sort" in body:  # a single keyword field, as the product sorts states by key
+            ((sort_field, order),) = body["sort"][0].items()
+            reverse = (order if isinstance(order, str) else order.get("order", "asc")) == "desc"
+            scored.sort(key=lambda t: t[2].get(sort_field) or "", reverse=reverse)
+            if "search_after" in body:
+                after = body["search_after"][0]
+                scored = [
+                    t
+                    for t in scored
+                    if ((t[2].get(sort_field) or "") < after if reverse else (t[2].get(sort_field) or "") > after)
+                ]
         if "collapse" in body:
             seen: set[Any] = set()
             collapsed = []
@@ -393,6 +414,7 @@ class OpenSearchStandIn(StandInServer):
             scored = collapsed
         hits = [
             {"_index": idx.name, "_id": i, "_score": s, "_source": self._project(d, body.get("_source"))}
+            | ({"sort": [d.get(next(iter(body["sort"][0])))]} if "sort" in body else {})
             for s, i, d in scored[:size]
         ]
         return {

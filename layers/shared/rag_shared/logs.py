@@ -8,6 +8,7 @@ Every secret the process loads is registered here; a log-record factory replaces
 from __future__ import annotations
 
 import logging
+import os
 import re
 import threading
 import traceback
@@ -75,9 +76,32 @@ def _install() -> None:
         _installed = True
 
 
+# Client libraries whose DEBUG logs print whole request and response bodies: document text,
+# prompts, vectors. They stay at WARNING unless WIRE_DEBUG_LOGS=true asks for them.
+WIRE_LOGGERS = (
+    "opensearch",
+    "opensearchpy",
+    "opensearchpy.trace",
+    "urllib3",
+    "botocore",
+    "boto3",
+    "s3transfer",
+    "openai",
+    "httpx",
+    "httpcore",
+    "httpx2",
+    "httpcore2",
+)
+
+
 def install() -> None:
-    """Turn redaction on for the process (idempotent); entry points call it at import."""
+    """Turn redaction on and quiet the wire loggers (idempotent); the layer does it at import."""
     _install()
+    if os.environ.get("WIRE_DEBUG_LOGS", "").lower() not in ("1", "true", "yes"):
+        for name in WIRE_LOGGERS:
+            lg = logging.getLogger(name)
+            if lg.level == logging.NOTSET or lg.level < logging.WARNING:
+                lg.setLevel(logging.WARNING)
 
 
 def get_logger(service: str) -> Logger:

@@ -95,16 +95,34 @@ class SearchFilter(BaseModel):
         return out
 
 
-def sequencer_newer(candidate: str, current: str | None) -> bool:
-    """Is ``candidate`` a later S3 event than ``current`` on the same key?
+SEQ_WIDTH = 40  # S3 sequencers are ~16-20 hex digits; padding makes them comparable as keywords
+
+
+def normalize_sequencer(seq: str) -> str:
+    """Right-padded to a fixed width, so plain string order (and a keyword ``range``) is event order.
 
     S3 sequencers are hex strings of varying length; the S3 user guide (event message structure)
     says to right-pad the shorter with zeros and compare lexicographically.
     """
-    if current is None:
-        return True
-    width = max(len(candidate), len(current))
-    return candidate.upper().ljust(width, "0") > current.upper().ljust(width, "0")
+    seq = seq.upper()
+    if len(seq) > SEQ_WIDTH or any(c not in "0123456789ABCDEF" for c in seq):
+        raise ValueError(f"not an S3 sequencer: {seq[:50]!r}")
+    return seq.ljust(SEQ_WIDTH, "0")
+
+
+def sequencer_newer(candidate: str, current: str | None) -> bool:
+    """Is ``candidate`` a later S3 event than ``current`` on the same key?"""
+    return current is None or normalize_sequencer(candidate) > normalize_sequencer(current)
+
+
+def sequencer_after(seq: str | None) -> str:
+    """A sequencer just after ``seq`` and before any later real S3 event (for the backfill).
+
+    Real sequencers end long before the padded width, so adding one in the padding orders us
+    after ``seq`` (and after earlier backfills of it) but before the next real event.
+    """
+    base = normalize_sequencer(seq or "0")
+    return f"{int(base, 16) + 1:0{SEQ_WIDTH}X}"
 
 
 def index_body(dimensions: int, engine: str, *, serverless: bool) -> dict[str, Any]:
@@ -352,16 +370,20 @@ class VectorStore:
             raise BulkWriteError(f"{len(pending)} bulk items still failing after {self.max_attempts} attempts")
         return done
 
-    def delete_source(self, key: str, *, except_seq: str | None = None) -> int:
-        """Delete the chunks of ``key`` (all, or all not written for ``except_seq``)."""
-        query: dict[str, Any] = {"bool": {"filter": [{"term": {"source_key": key}}]}}
-        if except_seq is not None:
-            query["bool"]["must_not"] = [{"term": {"source_seq": except_seq}}]
+    def delete_source(self, key: str, *, older_than: str | None = None, only_seq: str | None = None) -> int:
+        """Delete chunks of ``key``: all, those written for events before ``older_than``, or one event's."""
+        clauses: list[dict[str, Any]] = [{"term": {"source_key": key}}]
+        if older_than is not None:
+            clauses.append({"range": {"source_seq": {"lt": normalize_sequencer(older_than)}}})
+        if only_seq is not None:
+            clauses.append({"term": {"source_seq": normalize_sequencer(only_seq)}})
         self.refresh()  # delete-by-query sees only refreshed documents
         result = self._retry(
             "delete by query",
             lambda: self.client.delete_by_query(
-                index=self.index, body={"query": query}, params={"conflicts": "proceed", "refresh": "true"}
+                index=self.index,
+                body={"query": {"bool": {"filter": clauses}}},
+                params={"conflicts": "proceed", "refresh": "true"},
             ),
         )
         if result.get("failures"):
@@ -387,10 +409,20 @@ class VectorStore:
         """Every recorded source under ``prefix`` (the backfill compares them with the bucket)."""
         query: dict[str, Any] = {"prefix": {"key": prefix}} if prefix else {"match_all": {}}
         out: dict[str, SourceState] = {}
-        for hit in helpers.scan(self.client, index=self.state_index, query={"query": query}, size=1000):
-            state = SourceState.model_validate(hit["_source"])
-            out[state.key] = state
-        return out
+        self.refresh()
+        after: list[str] | None = None
+        while True:  # search_after paging: works on Serverless too, unlike scroll
+            body: dict[str, Any] = {"size": 1000, "query": query, "sort": [{"key": "asc"}]}
+            if after is not None:
+                body["search_after"] = after
+            hits = self._retry("list states", lambda b=body: self.client.search(index=self.state_index, body=b))  # type: ignore[misc]
+            page = hits["hits"]["hits"]
+            for hit in page:
+                state = SourceState.model_validate(hit["_source"])
+                out[state.key] = state
+            if len(page) < 1000:
+                return out
+            after = page[-1]["sort"]
 
     # reads
 
@@ -464,5 +496,7 @@ __all__ = [
     "VectorStore",
     "index_body",
     "make_client",
+    "normalize_sequencer",
+    "sequencer_after",
     "sequencer_newer",
 ]

@@ -1,0 +1,64 @@
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+import pytest
+from indexer import handler
+
+from tests.conftest import API_KEY
+from tests.events import FakeContext, s3_event, sqs_event
+
+_seq = itertools.count(0x10)
+
+
+def next_seq() -> str:
+    """Increasing S3-style sequencers (hex, varying length is handled by the product)."""
+    return f"0055AED6DCD9{next(_seq):06X}"
+
+
+@pytest.fixture
+def indexer_env(monkeypatch, aws, dashscope, opensearch, index_name):
+    """Configure the deployed handler as the template does: by environment only."""
+    env = {
+        "DASHSCOPE_BASE_URL": dashscope.base_url,
+        "DASHSCOPE_API_KEY": API_KEY,
+        "DASHSCOPE_MAX_RETRIES": "4",
+        "OPENSEARCH_URL": opensearch.url,
+        "OPENSEARCH_INDEX": index_name,
+        "CHUNK_SIZE_TOKENS": "200",
+        "CHUNK_OVERLAP_TOKENS": "30",
+        "MAX_FILE_BYTES": str(200_000),
+        "POWERTOOLS_METRICS_NAMESPACE": "QwenRagTest",
+    }
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    handler.reset()
+    yield env
+    handler.reset()
+
+
+class Uploader:
+    """Puts objects in moto's S3 and runs the handler on the matching SQS-wrapped S3 event."""
+
+    def __init__(self, s3: Any, bucket: str) -> None:
+        self.s3, self.bucket = s3, bucket
+
+    def put(self, key: str, body: bytes | str, content_type: str | None = None) -> dict[str, Any]:
+        data = body.encode() if isinstance(body, str) else body
+        extra = {"ContentType": content_type} if content_type else {}
+        etag = self.s3.put_object(Bucket=self.bucket, Key=key, Body=data, **extra)["ETag"].strip('"')
+        return s3_event(self.bucket, key, sequencer=next_seq(), etag=etag)
+
+    def delete(self, key: str) -> dict[str, Any]:
+        self.s3.delete_object(Bucket=self.bucket, Key=key)
+        return s3_event(self.bucket, key, sequencer=next_seq(), delete=True)
+
+    @staticmethod
+    def run(*bodies: dict[str, Any] | str) -> dict[str, Any]:
+        return handler.lambda_handler(sqs_event(*bodies), FakeContext())  # type: ignore[no-any-return]
+
+
+@pytest.fixture
+def uploader(indexer_env, s3, bucket) -> Uploader:
+    return Uploader(s3, bucket)
