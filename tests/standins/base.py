@@ -101,6 +101,12 @@ class StandInServer:
             def log_message(self, format: str, *args: Any) -> None:
                 pass
 
+            def setup(self) -> None:
+                super().setup()
+                # headers and body go out in separate writes: without this, Nagle plus delayed
+                # ACKs add ~40 ms to every response and the stand-in, not the product, is measured
+                self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
             def _dispatch(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else b""

@@ -62,8 +62,15 @@ def list_objects(s3: Any, bucket: str, prefix: str) -> Iterator[dict[str, Any]]:
                 yield obj
 
 
-def backfill(indexer: Indexer, bucket: str, prefix: str = "", *, prune: bool = False, dry_run: bool = False,
-             progress: bool = True) -> Summary:  # fmt: skip
+def backfill(
+    indexer: Indexer,
+    bucket: str,
+    prefix: str = "",
+    *,
+    prune: bool = False,
+    dry_run: bool = False,
+    progress: bool = True,
+) -> Summary:
     from tqdm import tqdm
 
     indexer.store.ensure_index()
@@ -82,9 +89,13 @@ def backfill(indexer: Indexer, bucket: str, prefix: str = "", *, prune: bool = F
             summary.actions["indexed"] += 1
             continue
         event = ObjectEvent(
-            action="upsert", bucket=bucket, key=key, etag=etag,
-            sequencer=sequencer_after(state.sequencer if state else None), size=obj.get("Size"),
-        )  # fmt: skip
+            action="upsert",
+            bucket=bucket,
+            key=key,
+            etag=etag,
+            sequencer=sequencer_after(state.sequencer if state else None),
+            size=obj.get("Size"),
+        )
         _apply(indexer, event, summary)
     if prune:
         for key, state in sorted(states.items()):
@@ -126,8 +137,9 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         indexer = build_indexer()
-        summary = backfill(indexer, bucket, prefix, prune=args.prune, dry_run=args.dry_run,
-                           progress=not args.no_progress)  # fmt: skip
+        summary = backfill(
+            indexer, bucket, prefix, prune=args.prune, dry_run=args.dry_run, progress=not args.no_progress
+        )
     except RagError as exc:
         print(f"backfill failed: {exc}", file=sys.stderr)
         return 2

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -291,7 +291,7 @@ class DashScopeClient:
 
     async def stream(
         self, messages: Sequence[Message], model: GeneratorModel, params: ChatParams
-    ) -> AsyncIterator[StreamEvent]:
+    ) -> AsyncGenerator[StreamEvent]:
         """Yield deltas as DashScope sends them, then one :class:`StreamEnd` with the usage.
 
         Errors before the first chunk are retried by the SDK; an interruption after it cannot be

@@ -41,7 +41,7 @@ def parse_secret_value(value: str | bytes | dict[str, object] | None, *, secret_
         else:
             value = stripped
     if isinstance(value, dict):
-        for field in ("api_key", "DASHSCOPE_API_KEY", "apiKey"):
+        for field in ("api_key", "DASHSCOPE_API_KEY", "apiKey", "token"):
             candidate = value.get(field)
             if isinstance(candidate, str) and candidate.strip():
                 return candidate.strip()

@@ -1,0 +1,207 @@
+"""One chat turn: retrieve, build the prompt, stream the answer, account for it.
+
+:meth:`ChatService.stream` pulls the model's first event before yielding anything, so failures
+that happen before any text (bad key, moderation, unknown model, throttling) surface as HTTP
+errors with a status code, while everything after the first token streams with no buffering.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncGenerator
+from dataclasses import dataclass, field
+from typing import Any
+
+from aws_lambda_powertools import Logger
+from rag_shared.config import GeneratorModel, Settings, load_catalog
+from rag_shared.dashscope import ChatParams, DashScopeClient, ReasoningDelta, StreamEnd, StreamEvent, TextDelta
+from rag_shared.embeddings import Embedder
+from rag_shared.errors import BadRequestError, ContextLengthExceededError, ModelNotFoundError
+from rag_shared.store import SearchFilter, SearchHit, VectorStore
+from rag_shared.tokens import truncate_to_tokens
+from rag_shared.usage import Usage
+
+from chat.models import ChatRequest
+from chat.rag import DEFAULT_SYSTEM_PROMPT, PromptTooLong, build_prompt
+
+logger = Logger(service="chat")
+
+
+# --- events -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Sources:
+    sources: list[dict[str, Any]]
+    note: str | None = None
+
+
+@dataclass(frozen=True)
+class Notice:
+    message: str
+
+
+@dataclass(frozen=True)
+class Delta:
+    text: str
+
+
+@dataclass(frozen=True)
+class Reasoning:
+    text: str
+
+
+@dataclass(frozen=True)
+class Finished:
+    model: str
+    usage: Usage
+    embedding_usage: Usage
+    finish_reason: str | None
+    latency_ms: dict[str, float]
+
+    def payload(self) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "prompt_tokens": self.usage.prompt_tokens,
+            "completion_tokens": self.usage.completion_tokens,
+            "total_tokens": self.usage.total_tokens,
+            "embedding_tokens": self.embedding_usage.prompt_tokens,
+            "estimated_cost_usd": round(self.usage.cost_usd + self.embedding_usage.cost_usd, 8),
+            "finish_reason": self.finish_reason,
+            "latency_ms": self.latency_ms,
+        }
+
+
+ChatEvent = Sources | Notice | Delta | Reasoning | Finished
+
+
+# --- service ------------------------------------------------------------------------------------
+
+
+@dataclass
+class ChatDeps:
+    """Everything a request needs, built once per container (or injected by tests)."""
+
+    settings: Settings
+    client: DashScopeClient
+    embedder: Embedder
+    store: VectorStore
+    system_prompt: str = DEFAULT_SYSTEM_PROMPT
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _ms(since: float) -> float:
+    return round((time.monotonic() - since) * 1000, 1)
+
+
+def source_entry(n: int, hit: SearchHit) -> dict[str, Any]:
+    return {
+        "n": n,
+        "source_key": hit.source_key,
+        "chunk_number": hit.chunk_number,
+        "score": round(hit.score, 6),
+        "heading": hit.heading,
+        "start": hit.start,
+        "end": hit.end,
+    }
+
+
+class ChatService:
+    def __init__(self, deps: ChatDeps) -> None:
+        self.deps = deps
+
+    def model(self, name: str | None) -> GeneratorModel:
+        catalog = load_catalog()
+        if name is None:
+            return self.deps.settings.generator
+        if name not in catalog.generators:
+            raise ModelNotFoundError(f"model {name!r} is not offered here; GET /v1/models lists the models")
+        return catalog.generators[name]
+
+    async def retrieve(self, query: str, k: int, flt: SearchFilter | None) -> tuple[list[SearchHit], Usage]:
+        embedder = self.deps.embedder
+        query = truncate_to_tokens(query, embedder.model.max_tokens_per_text)
+        result = await embedder.aembed([query])
+        vector = result.vectors[0]
+        if vector is None:
+            return [], result.usage
+        hits = await asyncio.to_thread(self.deps.store.search, vector, k, flt)
+        return hits, result.usage
+
+    async def stream(self, req: ChatRequest, *, request_id: str = "-") -> AsyncGenerator[ChatEvent]:
+        t0 = time.monotonic()
+        model = self.model(req.model)
+        settings = self.deps.settings
+        history = [m.model_dump() for m in req.messages]
+        max_output = min(req.max_tokens or model.max_tokens, model.max_output_tokens)
+        k = settings.rag_top_k if req.top_k is None else req.top_k
+
+        hits: list[SearchHit] = []
+        embedding_usage = Usage()
+        note: str | None = None
+        if req.use_rag and k > 0:
+            hits, embedding_usage = await self.retrieve(history[-1]["content"], k, req.filter)
+            if not hits:
+                note = "no indexed passages matched; answered without document context"
+        else:
+            note = "retrieval disabled for this request"
+        retrieval_ms = _ms(t0)
+
+        def fit(passages: list[SearchHit]) -> Any:
+            try:
+                return build_prompt(
+                    history,
+                    passages,
+                    system_prompt=self.deps.system_prompt,
+                    context_window=model.context_window,
+                    max_output_tokens=max_output,
+                )
+            except PromptTooLong as exc:
+                raise BadRequestError(str(exc)) from None
+
+        prompt = fit(hits)
+        params = ChatParams(
+            temperature=req.temperature, top_p=req.top_p, max_tokens=max_output, enable_thinking=req.enable_thinking
+        )
+        notices = list(prompt.notes)
+        upstream = self.deps.client.stream(prompt.messages, model, params)
+        try:
+            first: StreamEvent = await anext(upstream)
+        except ContextLengthExceededError:
+            if not prompt.passages:
+                raise
+            # DashScope counts differently from our estimate: retry once without the passages.
+            await upstream.aclose()
+            prompt = fit([])
+            notices.append("the prompt was too long for the model; answered without the retrieved passages")
+            upstream = self.deps.client.stream(prompt.messages, model, params)
+            first = await anext(upstream)
+
+        yield Sources([source_entry(n, h) for n, h in enumerate(prompt.passages, start=1)], note)
+        for message in notices:
+            yield Notice(message)
+        first_token_ms = _ms(t0)
+        event: StreamEvent | None = first
+        try:
+            while event is not None:
+                if isinstance(event, TextDelta):
+                    yield Delta(event.text)
+                elif isinstance(event, ReasoningDelta):
+                    yield Reasoning(event.text)
+                elif isinstance(event, StreamEnd):
+                    done = Finished(
+                        model.name,
+                        event.usage,
+                        embedding_usage,
+                        event.finish_reason,
+                        {"retrieval": retrieval_ms, "first_token": first_token_ms, "total": _ms(t0)},
+                    )
+                    logger.info(
+                        "chat completed",
+                        extra={"request_id": request_id, "passages": len(prompt.passages), **done.payload()},
+                    )
+                    yield done
+                event = await anext(upstream, None)
+        finally:
+            await upstream.aclose()

@@ -1,0 +1,25 @@
+"""Settings of the chat function only (the shared ones live in :mod:`rag_shared.config`)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from chat.rag import DEFAULT_SYSTEM_PROMPT
+
+
+class ChatSettings(BaseSettings):
+    model_config = SettingsConfigDict(extra="ignore", frozen=True)
+
+    chat_auth_mode: Literal["iam", "token", "none"] = "iam"
+    chat_api_token: SecretStr | None = None
+    chat_token_secret_arn: str | None = None
+    max_body_bytes: int = Field(256 * 1024, ge=1024)
+    cors_allow_origins: str = ""  # comma-separated; empty: no CORS headers
+    system_prompt: str = DEFAULT_SYSTEM_PROMPT
+
+    @property
+    def origins(self) -> list[str]:
+        return [o.strip() for o in self.cors_allow_origins.split(",") if o.strip()]

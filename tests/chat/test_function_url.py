@@ -1,0 +1,51 @@
+"""The function URL events in events/ through the adapter-facing app (as on Lambda with LWA)."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from pathlib import Path
+
+from chat.app import create_app
+from chat.settings import ChatSettings
+
+from tests.appserver import AppServer
+from tests.events import load
+from tests.lwa import invoke
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_function_url_event_streams_sse_with_the_lambda_request_id(deps, indexed, dashscope):
+    dashscope.chunk_delay = 0.03
+    event = load("chat-function-url.json")
+    with AppServer(create_app(deps, ChatSettings(chat_auth_mode="iam"))) as srv:
+        out = invoke(event, srv.url)
+    assert out.status == 200
+    assert out.headers["x-request-id"] == event["requestContext"]["requestId"]
+    text = out.body.decode()
+    assert text.startswith("event: sources\n")
+    assert "event: delta" in text and text.rstrip().endswith('"request_id": "7f1c1c7e-6f3e-4c2a-9d4b-2b7f0f0c1a11"}')
+    sources = json.loads(text.split("\n")[1].removeprefix("data: "))["sources"]
+    assert len(sources) == 3  # top_k from the event body
+    assert len(out.chunks) > 5  # relayed in pieces as written, not one buffered body
+
+
+def test_openai_function_url_event_with_base64_body(deps, indexed):
+    event = load("chat-openai-function-url.json")
+    with AppServer(create_app(deps, ChatSettings(chat_auth_mode="iam"))) as srv:
+        out = invoke(event, srv.url)
+    assert out.status == 200
+    lines = [ln for ln in out.body.decode().splitlines() if ln.startswith("data: ")]
+    assert lines[-1] == "data: [DONE]"
+    first = json.loads(lines[0][6:])
+    assert first["object"] == "chat.completion.chunk"
+    assert first["sources"][0]["source_key"] == "samples/release-notes.html"
+
+
+def test_run_sh_starts_the_app_as_the_adapter_expects():
+    run = ROOT / "functions" / "chat" / "run.sh"
+    assert os.stat(run).st_mode & stat.S_IXUSR
+    script = run.read_text()
+    assert "uvicorn" in script and "chat.app:app" in script and "$PORT" in script.replace("${PORT:-8000}", "$PORT")
