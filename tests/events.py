@@ -5,10 +5,13 @@ from __future__ import annotations
 import copy
 import json
 import uuid
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote_plus
+
+from local.lambda_context import FakeContext
+
+__all__ = ["FakeContext", "load", "s3_event", "sqs_event"]
 
 EVENTS = Path(__file__).resolve().parents[1] / "events"
 
@@ -41,17 +44,3 @@ def sqs_event(*bodies: dict[str, Any] | str) -> dict[str, Any]:
         r["body"] = body if isinstance(body, str) else json.dumps(body)
         records.append(r)
     return {"Records": records}
-
-
-@dataclass
-class FakeContext:
-    """The attributes Powertools reads from a Lambda context."""
-
-    function_name: str = "indexer"
-    memory_limit_in_mb: int = 1024
-    invoked_function_arn: str = "arn:aws:lambda:us-east-1:123456789012:function:indexer"
-    aws_request_id: str = "req-0001"
-    function_version: str = "$LATEST"
-
-    def get_remaining_time_in_millis(self) -> int:
-        return 300_000

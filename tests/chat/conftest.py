@@ -11,7 +11,7 @@ from chat.settings import ChatSettings
 from indexer.events import ObjectEvent
 from indexer.pipeline import Indexer, IndexerConfig
 
-from tests.appserver import AppServer
+from local.servers import AppServer
 
 SAMPLES = Path(__file__).resolve().parents[2] / "samples"
 TOKEN = "chat-token-for-tests-123456"

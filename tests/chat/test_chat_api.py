@@ -113,7 +113,7 @@ def test_errors_before_the_first_token_are_http_errors(
     from rag_shared.dashscope import DashScopeClient
     from rag_shared.secrets import ApiKeyProvider
 
-    from tests.appserver import AppServer
+    from local.servers import AppServer
 
     s = make_settings(dashscope_max_retries=1)
     deps.client = DashScopeClient(s, ApiKeyProvider.from_settings(s))

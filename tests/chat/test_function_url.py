@@ -10,7 +10,7 @@ from pathlib import Path
 from chat.app import create_app
 from chat.settings import ChatSettings
 
-from tests.appserver import AppServer
+from local.servers import AppServer
 from tests.events import load
 from tests.lwa import invoke
 

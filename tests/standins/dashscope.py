@@ -292,10 +292,17 @@ class DashScopeStandIn(StandInServer):
         system = "\n".join(str(m.get("content")) for m in messages if m.get("role") == "system")
         sources = re.findall(r"^\[(\d+)\] source: (\S+)", system, re.MULTILINE)
         if sources:
-            first = re.search(r"^\[1\] source: .*\n(.+)$", system, re.MULTILINE)
-            quote = (first.group(1) if first else "").strip()[:160]
+            # quote the passage sentence sharing most words with the question, and cite its passage
+            asked = {w.lower() for w in re.findall(r"[^\W_]+", question)}
+            best, best_n, best_overlap = "", "1", -1
+            parts = re.split(r"^\[(\d+)\] source: [^\n]*\n", system, flags=re.MULTILINE)
+            for n, body in zip(parts[1::2], parts[2::2], strict=True):
+                for sentence in re.split(r"(?<=[.!?。！？])\s+", body):
+                    overlap = len(asked & {w.lower() for w in re.findall(r"[^\W_]+", sentence)})
+                    if overlap > best_overlap and not sentence.lstrip().startswith("#"):
+                        best, best_n, best_overlap = sentence.strip(), n, overlap
             cited = ", ".join(f"[{n}] {key}" for n, key in sources[:3])
-            return f"(stand-in model) From {len(sources)} passages ({cited}): “{quote}” That answers: {question[:120]}"
+            return f"(stand-in model) From {len(sources)} passages ({cited}): “{best[:200]}” [{best_n}]"
         return f"(stand-in model) I have no documents on this, so here is a general answer to: {question[:120]}"
 
     def _chat(self, req: Request, body: dict[str, Any], drop: Any) -> None:

@@ -1,0 +1,54 @@
+"""Deliver SQS messages to the indexer as Lambda's SQS event source mapping does: receive a batch,
+invoke the handler with an SQS event, delete what succeeded, leave failures for redelivery."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from indexer import handler
+
+from local.lambda_context import FakeContext
+
+
+def to_lambda_event(messages: list[dict[str, Any]], queue_arn: str, region: str) -> dict[str, Any]:
+    return {
+        "Records": [
+            {
+                "messageId": m["MessageId"],
+                "receiptHandle": m["ReceiptHandle"],
+                "body": m["Body"],
+                "attributes": m.get("Attributes", {}),
+                "messageAttributes": {},
+                "md5OfBody": m["MD5OfBody"],
+                "eventSource": "aws:sqs",
+                "eventSourceARN": queue_arn,
+                "awsRegion": region,
+            }
+            for m in messages
+        ]
+    }
+
+
+def pump(sqs: Any, queue_url: str, *, max_rounds: int = 50, wait_seconds: int = 1) -> int:
+    """Run until the queue is empty; returns the number of messages delivered."""
+    arn = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    region = sqs.meta.region_name
+    delivered = 0
+    for _ in range(max_rounds):
+        got = sqs.receive_message(
+            QueueUrl=queue_url, MaxNumberOfMessages=5, WaitTimeSeconds=wait_seconds, AttributeNames=["All"]
+        )
+        messages = got.get("Messages", [])
+        if not messages:
+            return delivered
+        event = to_lambda_event(messages, arn, region)
+        try:
+            result = handler.lambda_handler(event, FakeContext(function_name="indexer-local"))
+            failed = {f["itemIdentifier"] for f in result.get("batchItemFailures", [])}
+        except Exception:  # every record failed: Lambda retries the whole batch
+            failed = {m["MessageId"] for m in messages}
+        for m in messages:
+            if m["MessageId"] not in failed:
+                sqs.delete_message(QueueUrl=queue_url, ReceiptHandle=m["ReceiptHandle"])
+        delivered += len(messages)
+    return delivered
