@@ -203,6 +203,8 @@ class DashScopeStandIn(StandInServer):
                 self._in_flight -= 1
 
     def _handle(self, req: Request) -> None:
+        if req.path.startswith("/_standin/"):
+            return self._control(req)
         body = req.json() if req.body else {}
         model = body.get("model") if isinstance(body, dict) else None
         auth = req.headers.get("Authorization", "")
@@ -233,6 +235,22 @@ class DashScopeStandIn(StandInServer):
         if req.path.endswith("/embeddings"):
             return self._embeddings(req, body)
         return self._chat(req, body, fault if fault and fault.kind == "drop_stream" else None)
+
+    def _control(self, req: Request) -> None:
+        """Counters for benchmarks that run the stand-in in another process."""
+        if req.path == "/_standin/reset":
+            self.reset()
+            return req.send_json(200, {"reset": True})
+        with self.lock:
+            stats: dict[str, dict[str, int]] = {}
+            for c in self.state.calls:
+                path = c.path.rsplit("/", 1)[-1]
+                stats.setdefault(path, {}).setdefault(str(c.status), 0)
+                stats[path][str(c.status)] += 1
+            sizes = [c.size for c in self.state.calls if c.path.endswith("/embeddings") and c.status == 200]
+        return req.send_json(
+            200, {"calls": stats, "max_in_flight": self.max_in_flight, "max_batch": max(sizes, default=0)}
+        )
 
     # endpoints
 
@@ -412,10 +430,14 @@ def main() -> None:  # pragma: no cover - used by the local demo
 
     parser = argparse.ArgumentParser(description="DashScope compatible-mode stand-in on loopback")
     parser.add_argument("--port", type=int, default=8801)
-    parser.add_argument("--chunk-delay", type=float, default=0.03)
+    parser.add_argument("--chunk-delay", type=float, default=0.03, help="seconds between streamed chunks")
+    parser.add_argument("--latency", type=float, default=0.0, help="seconds before each response")
+    parser.add_argument("--rate-limit", type=float, default=None, help="requests per second before 429")
     args = parser.parse_args()
     key = os.environ.get("STANDIN_API_KEY", "sk-standin-local-demo")
-    server = DashScopeStandIn({key}, chunk_delay=args.chunk_delay).start(args.port)
+    server = DashScopeStandIn(
+        {key}, chunk_delay=args.chunk_delay, latency=args.latency, rate_limit_per_second=args.rate_limit
+    ).start(args.port)
     print(f"DashScope stand-in on {server.url}/compatible-mode/v1", flush=True)
     threading.Event().wait()
 

@@ -11,7 +11,9 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
+from collections import deque
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from itertools import islice
 from typing import Any, Literal
@@ -19,7 +21,7 @@ from typing import Any, Literal
 from botocore.exceptions import ClientError
 from pydantic import BaseModel
 from rag_shared.chunking import Chunk, chunk_text
-from rag_shared.embeddings import Embedder
+from rag_shared.embeddings import Embedder, EmbedResult
 from rag_shared.errors import RagError, StoreError
 from rag_shared.store import ChunkDoc, SourceState, VectorStore, normalize_sequencer, sequencer_newer
 from rag_shared.usage import Usage
@@ -51,9 +53,9 @@ class IndexerConfig:
     chunk_size: int = 400
     chunk_overlap: int = 60
     max_file_bytes: int = 50 * 1024 * 1024
-    # chunks embedded and written together: bounds memory (vectors are ~50 kB each as Python
-    # floats) while keeping enough 25-text calls in flight to use the concurrency.
-    window: int = 250
+    # chunks embedded together: bounds memory (a 1536-d vector is ~50 kB as Python floats; two
+    # windows are alive at once) while giving the embedder 16 calls of 25 to run concurrently.
+    window: int = 400
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -140,36 +142,64 @@ class Indexer:
         chunks = chunk_text(
             extracted.text, size=self.config.chunk_size, overlap=self.config.chunk_overlap, markdown=extracted.markdown
         )
-        for window in _windows(chunks, self.config.window):
-            result = self.embedder.embed([c.text for c in window])
-            docs = [
-                ChunkDoc(
-                    id=chunk_id(key, seq, c.number),
-                    source_key=key,
-                    chunk_number=c.number,
-                    text=c.text,
-                    start=c.start,
-                    end=c.end,
-                    heading=c.heading,
-                    content_hash=self.embedder.hash(c.text),
-                    embedding_model=self.embedder.model.name,
-                    source_seq=normalize_sequencer(seq),
-                    etag=event.etag,
-                    version_id=event.version_id,
-                    vector=vector,
-                )
-                for c, vector in zip(window, result.vectors, strict=True)
-                if vector is not None
-            ]
-            self.store.write_chunks(docs)
-            total.chunks += len(docs)
-            total.embedded += len(window) - result.cached
-            total.cached += result.cached
-            total.usage += result.usage
+        # A pipeline: window i+1 is embedded while window i finishes embedding and window i-1 is
+        # written, so the embedder's slots never idle at a window boundary (a throttled call's
+        # backoff no longer stalls the others). At most three windows of vectors are in memory.
+        with (
+            ThreadPoolExecutor(max_workers=2, thread_name_prefix="window") as embedding,
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix="bulk") as writer,
+        ):
+            in_flight: deque[Future[tuple[list[ChunkDoc], EmbedResult, int]]] = deque()
+            writing: Future[int] | None = None
+
+            def drain_one() -> None:
+                nonlocal writing
+                docs, result, size = in_flight.popleft().result()
+                if writing is not None:
+                    writing.result()  # surfaces a write failure before more work is queued
+                writing = writer.submit(self.store.write_chunks, docs)
+                total.chunks += len(docs)
+                total.embedded += size - result.cached
+                total.cached += result.cached
+                total.usage += result.usage
+
+            for window in _windows(chunks, self.config.window):
+                in_flight.append(embedding.submit(self._embed_window, key, seq, event, window))
+                if len(in_flight) > 1:
+                    drain_one()
+            while in_flight:
+                drain_one()
+            if writing is not None:
+                writing.result()
         state.chunks = total.chunks
         if not self._finish(key, seq, state):
             return total.model_copy(update={"action": "superseded", "reason": "a newer event was applied meanwhile"})
         return total
+
+    def _embed_window(
+        self, key: str, seq: str, event: ObjectEvent, window: list[Chunk]
+    ) -> tuple[list[ChunkDoc], EmbedResult, int]:
+        result = self.embedder.embed([c.text for c in window])
+        docs = [
+            ChunkDoc(
+                id=chunk_id(key, seq, c.number),
+                source_key=key,
+                chunk_number=c.number,
+                text=c.text,
+                start=c.start,
+                end=c.end,
+                heading=c.heading,
+                content_hash=self.embedder.hash(c.text),
+                embedding_model=self.embedder.model.name,
+                source_seq=normalize_sequencer(seq),
+                etag=event.etag,
+                version_id=event.version_id,
+                vector=vector,
+            )
+            for c, vector in zip(window, result.vectors, strict=True)
+            if vector is not None
+        ]
+        return docs, result, len(window)
 
     def _get_object(self, event: ObjectEvent) -> dict[str, Any]:
         kwargs: dict[str, Any] = {"Bucket": event.bucket, "Key": event.key}

@@ -128,7 +128,7 @@ class Settings(BaseSettings):
     embedding_model: str | None = None
     embedding_dimensions: PositiveInt | None = None
     embedding_batch_size: PositiveInt | None = None
-    embedding_concurrency: int = Field(4, ge=1, le=64)
+    embedding_concurrency: int = Field(8, ge=1, le=64)
 
     # Vector store
     opensearch_url: str = "http://127.0.0.1:9200"

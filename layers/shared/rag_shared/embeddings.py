@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -105,6 +106,16 @@ class Embedder:
         self.batch_size = min(batch_size or model.max_batch, model.max_batch)
         self.concurrency = max(1, concurrency)
         self.cache = cache
+        self._pool: ThreadPoolExecutor | None = None
+        self._pool_lock = threading.Lock()
+
+    def _executor(self) -> ThreadPoolExecutor:
+        """One pool per embedder: concurrent :meth:`embed` calls share its ``concurrency`` slots, so
+        the indexer can embed the next window while the last calls of this one finish."""
+        with self._pool_lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="embed")
+            return self._pool
 
     def hash(self, text: str) -> str:
         return content_hash(text, self.model.name, self.dimensions)
@@ -166,8 +177,7 @@ class Embedder:
         if len(batches) <= 1 or self.concurrency == 1:
             results = [call(b) for b in batches]
         else:
-            with ThreadPoolExecutor(max_workers=min(self.concurrency, len(batches))) as pool:
-                results = list(pool.map(call, batches))
+            results = list(self._executor().map(call, batches))
         return self._assemble(texts, cached, batches, results, skipped)
 
     async def aembed(self, texts: Sequence[str]) -> EmbedResult:
