@@ -11,14 +11,14 @@ import json
 import threading
 from typing import TYPE_CHECKING
 
-from aws_lambda_powertools.utilities.parameters import SecretsProvider
-from aws_lambda_powertools.utilities.parameters.exceptions import GetParameterError
 from pydantic import SecretStr
 
 from rag_shared.errors import MissingApiKeyError, SecretUnavailableError
 from rag_shared.logs import register_secret
 
 if TYPE_CHECKING:
+    from aws_lambda_powertools.utilities.parameters import SecretsProvider
+
     from rag_shared.config import Settings
 
 MISSING_KEY_MESSAGE = (
@@ -94,6 +94,10 @@ class ApiKeyProvider:
             return self._env_key
         if not self._secret_id:
             raise MissingApiKeyError(MISSING_KEY_MESSAGE)
+        # imported here: it loads boto3 (~0.13 s), which only the Secrets Manager path needs
+        from aws_lambda_powertools.utilities.parameters import SecretsProvider
+        from aws_lambda_powertools.utilities.parameters.exceptions import GetParameterError
+
         with self._lock:
             force, self._force = self._force, False
             if self._provider is None:
