@@ -274,6 +274,15 @@ class VectorStore:
         """Create both indices on first use; refuse an existing chunk index built for another size."""
         if self._ready:
             return
+        chunks_exist = self._retry("index exists", lambda: self.client.indices.exists(index=self.index))
+        states_exist = self._retry("index exists", lambda: self.client.indices.exists(index=self.state_index))
+        if not chunks_exist and states_exist:
+            # Someone deleted the chunk index: the recorded states describe vectors that are gone, and
+            # would make the backfill skip those files as unchanged. Drop them; the backfill restores all.
+            log.warning(
+                "chunk index %s is missing; resetting %s so a backfill re-indexes", self.index, self.state_index
+            )
+            self._retry("reset states", lambda: self.client.indices.delete(index=self.state_index))
         for name, body in (
             (self.index, index_body(self.dimensions, self.engine, serverless=self.serverless)),
             (self.state_index, STATE_MAPPING),
@@ -346,6 +355,7 @@ class VectorStore:
             done += ok
             failed: dict[str, dict[str, Any]] = {}
             fatal: list[str] = []
+            index_missing = False
             for item in errors:
                 ((op, result),) = item.items()
                 status = int(result.get("status", 0))
@@ -353,7 +363,11 @@ class VectorStore:
                     done += 1  # already gone: that is what we wanted
                     continue
                 doc_id = str(result.get("_id"))
-                if status in _RETRY_STATUS or status >= 500:
+                error = result.get("error")
+                if isinstance(error, dict) and error.get("type") == "index_not_found_exception":
+                    index_missing = True  # deleted under a warm container: recreate it, retry the items
+                    failed[doc_id] = pending[doc_id]
+                elif status in _RETRY_STATUS or status >= 500:
                     failed[doc_id] = pending[doc_id]
                 else:
                     reason = (
@@ -362,6 +376,10 @@ class VectorStore:
                     fatal.append(f"{doc_id}: {status} {reason}")
             if fatal:
                 raise BulkWriteError(f"{len(fatal)} bulk items rejected: {fatal[:3]}")
+            if index_missing:
+                log.warning("index %s disappeared; creating it again", self.index)
+                self._ready = False
+                self.ensure_index()
             pending = failed
             if pending and attempt < self.max_attempts:
                 log.warning("retrying %d failed bulk items", len(pending), extra={"attempt": attempt})
