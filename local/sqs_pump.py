@@ -52,3 +52,22 @@ def pump(sqs: Any, queue_url: str, *, max_rounds: int = 50, wait_seconds: int = 
                 sqs.delete_message(QueueUrl=queue_url, ReceiptHandle=m["ReceiptHandle"])
         delivered += len(messages)
     return delivered
+
+
+def drain(sqs: Any, queue_url: str, *, timeout: float = 60.0) -> int:
+    """Deliver until nothing is visible or in flight: failed messages come back after their
+    visibility timeout and are delivered again, until SQS moves them to the dead-letter queue."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    delivered = 0
+    while time.monotonic() < deadline:
+        delivered += pump(sqs, queue_url, max_rounds=1, wait_seconds=0)
+        attrs = sqs.get_queue_attributes(
+            QueueUrl=queue_url,
+            AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
+        )["Attributes"]
+        if attrs["ApproximateNumberOfMessages"] == "0" and attrs["ApproximateNumberOfMessagesNotVisible"] == "0":
+            return delivered
+        time.sleep(0.2)
+    raise TimeoutError(f"queue not drained within {timeout} s")

@@ -73,6 +73,9 @@ class LocalStack:
         moto.start()
         self._stack.callback(moto.stop)
         host, port = moto.get_host_and_port()
+        for name in [k for k in os.environ if k.startswith("AWS_ENDPOINT_URL_")]:
+            # a per-service endpoint would win over the moto server's; set aside for the run
+            self._saved_env.setdefault(name, os.environ.pop(name))
         self._setenv(
             AWS_ENDPOINT_URL=f"http://{host}:{port}",
             AWS_ACCESS_KEY_ID="local",
@@ -127,9 +130,11 @@ class LocalStack:
         dlq_arn = sqs.get_queue_attributes(QueueUrl=dlq, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
         self.queue_url = sqs.create_queue(
             QueueName="qwen-rag-index",
-            Attributes={"RedrivePolicy": json.dumps({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": "5"}),
-                        "VisibilityTimeout": "5"},
-        )["QueueUrl"]  # fmt: skip
+            Attributes={
+                "RedrivePolicy": json.dumps({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": "5"}),
+                "VisibilityTimeout": "5",
+            },
+        )["QueueUrl"]
         queue_arn = sqs.get_queue_attributes(QueueUrl=self.queue_url, AttributeNames=["QueueArn"])["Attributes"][
             "QueueArn"
         ]
