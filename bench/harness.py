@@ -31,20 +31,23 @@ def _wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 20) ->
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"{proc.args} exited with {proc.returncode}")
+            raise RuntimeError(f"{proc.args!r} exited with {proc.returncode}")
         with socket.socket() as s:
             if s.connect_ex(("127.0.0.1", port)) == 0:
                 return
         time.sleep(0.05)
-    raise RuntimeError(f"{proc.args} did not listen on {port}")
+    raise RuntimeError(f"{proc.args!r} did not listen on {port}")
 
 
 @contextlib.contextmanager
 def process(*args: str, port: int, env: dict[str, str] | None = None) -> Iterator[subprocess.Popen[bytes]]:
-    proc = subprocess.Popen(  # noqa: S603 - our own modules, fixed arguments
-        [sys.executable, *args], cwd=ROOT, env={**os.environ, **(env or {})},
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, *args],
+        cwd=ROOT,
+        env={**os.environ, **(env or {})},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         _wait_port(port, proc)
         yield proc
@@ -81,12 +84,24 @@ class Services:
 
 
 @contextlib.contextmanager
-def services(*, latency: float = 0.0, rate_limit: float | None = None, chunk_delay: float = 0.0) -> Iterator[Services]:
+def services(
+    *, latency: float = 0.0, rate_limit: float | None = None, chunk_delay: float = 0.0, reply: str | None = None
+) -> Iterator[Services]:
     mp, dp, op = free_port(), free_port(), free_port()
-    ds_args = ["-m", "tests.standins.dashscope", "--port", str(dp), "--latency", str(latency),
-               "--chunk-delay", str(chunk_delay)]  # fmt: skip
+    ds_args = [
+        "-m",
+        "tests.standins.dashscope",
+        "--port",
+        str(dp),
+        "--latency",
+        str(latency),
+        "--chunk-delay",
+        str(chunk_delay),
+    ]
     if rate_limit:
         ds_args += ["--rate-limit", str(rate_limit)]
+    if reply:
+        ds_args += ["--reply", reply]
     with (
         process("-m", "moto.server", "-H", "127.0.0.1", "-p", str(mp), port=mp),
         process(*ds_args, port=dp, env={"STANDIN_API_KEY": API_KEY}),

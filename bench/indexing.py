@@ -48,8 +48,9 @@ def document(chunks: int) -> str:
 
 
 def _indexer(index: str, concurrency: int, s3: Any) -> Indexer:
-    settings = load_settings(opensearch_index=index, chunk_size_tokens=200, chunk_overlap_tokens=30,
-                             embedding_concurrency=concurrency)  # fmt: skip
+    settings = load_settings(
+        opensearch_index=index, chunk_size_tokens=200, chunk_overlap_tokens=30, embedding_concurrency=concurrency
+    )
     client = DashScopeClient(settings, ApiKeyProvider.from_settings(settings))
     embedder = Embedder(client, settings.embedder, settings.dimensions, concurrency=concurrency)
     return Indexer(s3, VectorStore.from_settings(settings), embedder, IndexerConfig(chunk_size=200, chunk_overlap=30))
@@ -67,10 +68,20 @@ def seed_design(indexer: Indexer, s3: Any, bucket: str, key: str) -> int:
         batch = embedder.backend.embed_batch([c.text for c in chunks[i : i + 25]], embedder.model, embedder.dimensions)
         vectors.extend(batch.vectors)
     docs = [
-        ChunkDoc(id=f"seed-{c.number}", source_key=key, chunk_number=c.number, text=c.text, start=c.start, end=c.end,
-                 content_hash=embedder.hash(c.text), embedding_model=embedder.model.name, source_seq="0A", vector=v)
+        ChunkDoc(
+            id=f"seed-{c.number}",
+            source_key=key,
+            chunk_number=c.number,
+            text=c.text,
+            start=c.start,
+            end=c.end,
+            content_hash=embedder.hash(c.text),
+            embedding_model=embedder.model.name,
+            source_seq="0A",
+            vector=v,
+        )
         for c, v in zip(chunks, vectors, strict=True)
-    ]  # fmt: skip
+    ]
     store.write_chunks(docs)
     return len(docs)
 
@@ -82,8 +93,14 @@ def _measure(svc: Services, fn: Any) -> dict[str, Any]:
     seconds = time.perf_counter() - t0
     stats = svc.dashscope_stats()
     calls = stats["calls"].get("embeddings", {})
-    return {"chunks": chunks, "seconds": seconds, "rate": chunks / seconds, "ok_calls": calls.get("200", 0),
-            "throttled": calls.get("429", 0), "max_batch": stats["max_batch"]}  # fmt: skip
+    return {
+        "chunks": chunks,
+        "seconds": seconds,
+        "rate": chunks / seconds,
+        "ok_calls": calls.get("200", 0),
+        "throttled": calls.get("429", 0),
+        "max_batch": stats["max_batch"],
+    }
 
 
 def run(chunks: int = 2000, latency: float = 0.2, rate_limit: float = 30) -> list[str]:
@@ -100,12 +117,21 @@ def run(chunks: int = 2000, latency: float = 0.2, rate_limit: float = 30) -> lis
         par = _measure(svc, lambda: ours.handle(event).chunks)
     assert seq["chunks"] == par["chunks"] == chunks, (seq, par)
     ratio = par["rate"] / seq["rate"]
-    note = (f"{chunks} chunks, {len(body) / 1e6:.1f} MB; stand-in: {latency * 1000:.0f} ms/call, {rate_limit:.0f} req/s "
-            f"limit; max batch seen {max(seq['max_batch'], par['max_batch'])}")  # fmt: skip
+    note = (
+        f"{chunks} chunks, {len(body) / 1e6:.1f} MB; stand-in: {latency * 1000:.0f} ms/call, {rate_limit:.0f} req/s "
+        f"limit; max batch seen {max(seq['max_batch'], par['max_batch'])}"
+    )
     return [
-        row("Indexing, seed design (one 25-text call at a time, then one bulk write)", f"{seq['rate']:.0f} chunks/s ({seq['seconds']:.1f} s)",
-            "1.0×", f"{seq['ok_calls']} calls, {seq['throttled']} × 429"),
-        row(f"Indexing, this project ({default} calls in flight, pipelined writes)",
-            f"{par['rate']:.0f} chunks/s ({par['seconds']:.1f} s)", f"**{ratio:.1f}×** (target ≥ 4×)",
-            f"{par['ok_calls']} calls, {par['throttled']} × 429 retried, all {par['chunks']} chunks indexed; {note}"),
-    ]  # fmt: skip
+        row(
+            "Indexing, seed design (one 25-text call at a time, then one bulk write)",
+            f"{seq['rate']:.0f} chunks/s ({seq['seconds']:.1f} s)",
+            "1.0×",
+            f"{seq['ok_calls']} calls, {seq['throttled']} × 429",
+        ),
+        row(
+            f"Indexing, this project ({default} calls in flight, pipelined writes)",
+            f"{par['rate']:.0f} chunks/s ({par['seconds']:.1f} s)",
+            f"**{ratio:.1f}×** (target ≥ 4×)",
+            f"{par['ok_calls']} calls, {par['throttled']} × 429 retried, all {par['chunks']} chunks indexed; {note}",
+        ),
+    ]

@@ -433,10 +433,15 @@ def main() -> None:  # pragma: no cover - used by the local demo
     parser.add_argument("--chunk-delay", type=float, default=0.03, help="seconds between streamed chunks")
     parser.add_argument("--latency", type=float, default=0.0, help="seconds before each response")
     parser.add_argument("--rate-limit", type=float, default=None, help="requests per second before 429")
+    parser.add_argument("--reply", default=None, help="a fixed answer (benchmarks compare equal streams)")
     args = parser.parse_args()
     key = os.environ.get("STANDIN_API_KEY", "sk-standin-local-demo")
     server = DashScopeStandIn(
-        {key}, chunk_delay=args.chunk_delay, latency=args.latency, rate_limit_per_second=args.rate_limit
+        {key},
+        chunk_delay=args.chunk_delay,
+        latency=args.latency,
+        rate_limit_per_second=args.rate_limit,
+        reply=args.reply,
     ).start(args.port)
     print(f"DashScope stand-in on {server.url}/compatible-mode/v1", flush=True)
     threading.Event().wait()
