@@ -215,7 +215,19 @@ def test_overwrite_with_unindexable_file_removes_old_chunks(uploader, indexer_en
     assert store_for(indexer_env).count("docs/a.txt") == 0
 
 
-def test_poison_record_is_a_batch_item_failure_and_others_succeed(uploader, indexer_env):
+def emf_metrics(stdout: str) -> dict[str, object]:
+    """The metric values in Powertools' EMF lines (what CloudWatch would read from the log)."""
+    values: dict[str, object] = {}
+    for line in stdout.splitlines():
+        if '"_aws"' in line:
+            blob = json.loads(line)
+            for m in blob["_aws"]["CloudWatchMetrics"][0]["Metrics"]:
+                value = blob[m["Name"]]
+                values[m["Name"]] = value[0] if isinstance(value, list) and len(value) == 1 else value
+    return values
+
+
+def test_poison_record_is_a_batch_item_failure_and_others_succeed(uploader, indexer_env, capsys):
     good = uploader.put("docs/good.txt", "A good document. " * 10)
     event = sqs_event("this is not json", good, {"unexpected": "shape"})
     result = handler.lambda_handler(event, FakeContext())
@@ -223,6 +235,17 @@ def test_poison_record_is_a_batch_item_failure_and_others_succeed(uploader, inde
     ids = [r["messageId"] for r in event["Records"]]
     assert failed == {ids[0], ids[2]}
     assert store_for(indexer_env).count("docs/good.txt") == 1
+    metrics = emf_metrics(capsys.readouterr().out)
+    assert metrics["RecordsFailed"] == 2.0 and metrics["FilesIndexed"] == 1.0
+
+
+def test_a_replayed_event_is_counted_as_ignored(uploader, indexer_env, capsys):
+    event = uploader.put("docs/a.txt", "Some text. " * 10)
+    uploader.run(event)
+    capsys.readouterr()
+    uploader.run(event)
+    metrics = emf_metrics(capsys.readouterr().out)
+    assert metrics == {"EventsIgnored": 1.0, "RecordsFailed": 0.0}
 
 
 def test_s3_test_event_is_ignored(uploader):

@@ -17,6 +17,7 @@ import boto3
 from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
+from aws_lambda_powertools.utilities.batch.exceptions import BatchProcessingError
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from rag_shared.config import Settings, load_settings
@@ -91,6 +92,9 @@ def report(outcome: Outcome) -> None:
         metrics.add_metric(name="IndexingSeconds", unit=MetricUnit.Seconds, value=outcome.seconds)
     elif outcome.action == "removed":
         metrics.add_metric(name="FilesRemoved", unit=MetricUnit.Count, value=1)
+    elif outcome.action != "skipped":
+        # stale, superseded or already gone: a replayed or late event that cost nothing
+        metrics.add_metric(name="EventsIgnored", unit=MetricUnit.Count, value=1)
 
 
 def process(event: ObjectEvent) -> Outcome:
@@ -122,7 +126,13 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
         # Direct S3 invocation is asynchronous: raising makes Lambda retry, then its on-failure
         # destination/DLQ takes the event.
         return {"outcomes": [process(e).model_dump(mode="json") for e in parse_notification(event)]}
-    response = process_partial_response(
-        event=event, record_handler=record_handler, processor=processor, context=context
-    )
+    try:
+        response = process_partial_response(
+            event=event, record_handler=record_handler, processor=processor, context=context
+        )
+    except BatchProcessingError:  # every record failed: the whole batch goes back to the queue
+        metrics.add_metric(name="RecordsFailed", unit=MetricUnit.Count, value=len(event.get("Records", [])))
+        raise
+    failed = len(response.get("batchItemFailures", []))
+    metrics.add_metric(name="RecordsFailed", unit=MetricUnit.Count, value=failed)
     return dict(response)

@@ -412,7 +412,10 @@ class VectorStore:
 
     def get_state(self, key: str) -> SourceState | None:
         try:
-            doc = self._retry("get state", lambda: self.client.get(index=self.state_index, id=key))
+            # ignore=404: a key seen for the first time is normal, not a warning in the log
+            doc = self._retry(
+                "get state", lambda: self.client.get(index=self.state_index, id=key, params={"ignore": 404})
+            )
         except NotFoundError:
             return None
         return SourceState.model_validate(doc["_source"]) if doc.get("found") else None
