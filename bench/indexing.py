@@ -17,34 +17,7 @@ from rag_shared.secrets import ApiKeyProvider
 from rag_shared.store import ChunkDoc, VectorStore
 
 from bench.harness import Services, environ, row, services
-
-WORDS = [
-    "blue",
-    "data",
-    "fast",
-    "node",
-    "file",
-    "pipe",
-    "code",
-    "test",
-    "load",
-    "save",
-    "read",
-    "sort",
-    "find",
-    "call",
-    "send",
-    "wait",
-]
-
-
-def document(chunks: int) -> str:
-    """Paragraphs of ~125 estimated tokens; with 200-token chunks each paragraph is one chunk."""
-
-    def para(n: int) -> str:
-        return f"Part{n} " + " ".join(WORDS[(n * 7 + i) % len(WORDS)] for i in range(120)) + f" end{n}."
-
-    return "\n\n".join(para(n) for n in range(chunks))
+from tests.corpus import document
 
 
 def _indexer(index: str, concurrency: int, s3: Any) -> Indexer:

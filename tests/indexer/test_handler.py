@@ -12,38 +12,13 @@ from indexer import handler
 from rag_shared.config import load_settings
 from rag_shared.store import VectorStore, make_client
 
+from tests.corpus import document, paragraph
 from tests.events import FakeContext, load, sqs_event
 from tests.standins.dashscope import Fault, fake_embedding
 
-WORDS = [
-    "blue",
-    "data",
-    "fast",
-    "node",
-    "file",
-    "pipe",
-    "code",
-    "test",
-    "load",
-    "save",
-    "read",
-    "sort",
-    "find",
-    "call",
-    "send",
-    "wait",
-]
-
-
-def paragraph(n: int, words: int = 120) -> str:
-    body = " ".join(WORDS[(n * 7 + i) % len(WORDS)] for i in range(words))
-    return f"Part{n} {body} end{n}."
-
 
 def sixty_chunk_doc() -> str:
-    # each paragraph ~125 tokens: two never fit in a 200-token chunk, and a paragraph is larger
-    # than the 30-token overlap, so each paragraph is exactly one chunk
-    return "\n\n".join(paragraph(n) for n in range(60))
+    return document(60)
 
 
 def store_for(env) -> VectorStore:

@@ -96,16 +96,18 @@ def _error_payload(exc: BaseException, request_id: str) -> dict[str, Any]:
     return {"code": "internal_error", "message": "internal error", "retryable": True, "request_id": request_id}
 
 
+async def _prepend(first: ChatEvent, rest: AsyncIterator[ChatEvent]) -> AsyncIterator[ChatEvent]:
+    """The event already pulled (to answer errors with a status before streaming), then the rest."""
+    yield first
+    async for ev in rest:
+        yield ev
+
+
 async def native_sse(first: ChatEvent, rest: AsyncIterator[ChatEvent], request_id: str) -> AsyncIterator[bytes]:
     """The seed's event stream. An error after the stream started is an ``error`` event, then ``done``."""
 
-    async def events() -> AsyncIterator[ChatEvent]:
-        yield first
-        async for ev in rest:
-            yield ev
-
     try:
-        async for ev in events():
+        async for ev in _prepend(first, rest):
             if isinstance(ev, Delta):
                 yield sse("delta", {"text": ev.text})
             elif isinstance(ev, Reasoning):
@@ -139,13 +141,8 @@ async def openai_sse(
         }
         return f"data: {json.dumps(body, ensure_ascii=False)}\n\n".encode()
 
-    async def events() -> AsyncIterator[ChatEvent]:
-        yield first
-        async for ev in rest:
-            yield ev
-
     try:
-        async for ev in events():
+        async for ev in _prepend(first, rest):
             if isinstance(ev, Sources):
                 yield chunk({"role": "assistant", "content": ""}, sources=ev.sources, sources_note=ev.note)
             elif isinstance(ev, Delta):

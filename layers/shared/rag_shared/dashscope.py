@@ -254,33 +254,28 @@ class DashScopeClient:
     def _map(self, exc: Exception) -> RagError:
         return map_error(exc, region=self.settings.region, key_source=self.keys.source)
 
+    def _after_failure(self, exc: Exception, attempt: int) -> None:
+        """Return to try again: after a first 401 with a key from Secrets Manager, which may have
+        been rotated (the next call re-reads it). Anything else is raised as one of our errors."""
+        if isinstance(exc, _sdk().AuthenticationError) and attempt == 1 and self.keys.source != "DASHSCOPE_API_KEY":
+            self.keys.invalidate()
+            return
+        raise self._map(exc) from None
+
     def _call(self, fn: Callable[[openai.OpenAI], T]) -> T:
-        """Run ``fn``; after a 401, re-read the key once (it may have been rotated)."""
-        openai = _sdk()
         for attempt in (1, 2):
             try:
                 return fn(self.sync_client())
-            except openai.AuthenticationError as exc:
-                if attempt == 1 and self.keys.source != "DASHSCOPE_API_KEY":
-                    self.keys.invalidate()
-                    continue
-                raise self._map(exc) from None
-            except openai.APIError as exc:
-                raise self._map(exc) from None
+            except _sdk().APIError as exc:
+                self._after_failure(exc, attempt)
         raise AssertionError("unreachable")
 
     async def _acall(self, fn: Callable[[openai.AsyncOpenAI], Awaitable[T]]) -> T:
-        openai = _sdk()
         for attempt in (1, 2):
             try:
                 return await fn(self.async_client())
-            except openai.AuthenticationError as exc:
-                if attempt == 1 and self.keys.source != "DASHSCOPE_API_KEY":
-                    self.keys.invalidate()
-                    continue
-                raise self._map(exc) from None
-            except openai.APIError as exc:
-                raise self._map(exc) from None
+            except _sdk().APIError as exc:
+                self._after_failure(exc, attempt)
         raise AssertionError("unreachable")
 
     # embeddings
