@@ -11,6 +11,7 @@ Endpoints: ``POST /chat/completions/stream`` (Server-Sent Events: ``sources``, `
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 import uuid
@@ -171,6 +172,16 @@ async def openai_sse(
     yield b"data: [DONE]\n\n"
 
 
+def warm_up(deps: ChatDeps) -> None:
+    """Pay for the openai SDK import (~0.35 s) and the key lookup while the app starts, not in the
+    first request: the Web Adapter holds requests until start-up is done, and Lambda gives the init
+    phase burst CPU. A failure here is only logged: the first request tries again and reports it."""
+    try:
+        deps.client.async_client()
+    except RagError as exc:
+        logger.warning("DashScope client not ready at start-up; first request retries", extra={"error": str(exc)})
+
+
 def create_app(
     deps: ChatDeps | Callable[[], ChatDeps] | None = None, chat_settings: ChatSettings | None = None
 ) -> FastAPI:
@@ -186,6 +197,7 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         built = deps if isinstance(deps, ChatDeps) else (deps or (lambda: build_deps(chat_settings)))()
         state["service"] = ChatService(built)
+        await asyncio.to_thread(warm_up, built)
         logger.info("chat ready", extra={"model": built.settings.generator.name, "auth": chat_settings.chat_auth_mode})
         yield
 

@@ -479,10 +479,10 @@ class VectorStore:
             "_source": {"excludes": [VECTOR_FIELD]},
             "query": {"knn": {VECTOR_FIELD: knn}},
         }
-        try:
-            result = self._retry("search", lambda: self.client.search(index=self.index, body=body))
-        except NotFoundError:
-            return []  # nothing indexed yet
+        # ignore=404: an index not created yet means nothing indexed yet, not a warning in the log
+        result = self._retry("search", lambda: self.client.search(index=self.index, body=body, params={"ignore": 404}))
+        if "hits" not in result:
+            return []
         hits = []
         for hit in result["hits"]["hits"]:
             src = hit["_source"]
@@ -502,11 +502,10 @@ class VectorStore:
 
     def count(self, key: str | None = None) -> int:
         query = {"term": {"source_key": key}} if key else {"match_all": {}}
-        try:
-            result = self._retry("count", lambda: self.client.count(index=self.index, body={"query": query}))
-        except NotFoundError:
-            return 0
-        return int(result["count"])
+        result = self._retry(
+            "count", lambda: self.client.count(index=self.index, body={"query": query}, params={"ignore": 404})
+        )
+        return int(result.get("count", 0))
 
 
 __all__ = [
