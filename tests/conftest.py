@@ -56,10 +56,33 @@ def opensearch_server() -> Iterator[OpenSearchStandIn]:
 
 @pytest.fixture
 def opensearch(opensearch_server: OpenSearchStandIn) -> OpenSearchStandIn:
-    with opensearch_server.lock:
-        opensearch_server.item_faults.clear()
-        opensearch_server.request_faults.clear()
-    return opensearch_server
+    return _clean(opensearch_server)
+
+
+@pytest.fixture(scope="session")
+def serverless_server() -> Iterator[OpenSearchStandIn]:
+    """An OpenSearch Serverless vector collection: server-assigned ids, no refresh API."""
+    server = OpenSearchStandIn(serverless=True, realtime=True, refresh_interval=None).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def serverless(serverless_server: OpenSearchStandIn) -> OpenSearchStandIn:
+    return _clean(serverless_server)
+
+
+@pytest.fixture(params=["domain", "serverless"])
+def vector_store(request: pytest.FixtureRequest) -> OpenSearchStandIn:
+    """For tests that run against both a managed domain and an OpenSearch Serverless collection."""
+    return request.getfixturevalue("opensearch" if request.param == "domain" else "serverless")  # type: ignore[no-any-return]
+
+
+def _clean(server: OpenSearchStandIn) -> OpenSearchStandIn:
+    with server.lock:
+        server.item_faults.clear()
+        server.request_faults.clear()
+    return server
 
 
 @pytest.fixture(scope="session")

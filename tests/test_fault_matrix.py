@@ -64,7 +64,7 @@ class World:
 
     def store(self) -> VectorStore:
         s = load_settings()
-        st = VectorStore(make_client(s), s.opensearch_index, s.dimensions)
+        st = VectorStore.from_settings(s)
         st.refresh()
         return st
 
@@ -85,7 +85,7 @@ class World:
 
 
 @pytest.fixture
-def world(monkeypatch, aws, dashscope, opensearch, index_name, s3, bucket) -> Iterator[World]:
+def world(monkeypatch, aws, dashscope, vector_store, index_name, s3, bucket) -> Iterator[World]:
     sqs = boto3.client("sqs", region_name="us-east-1")
     dlq = sqs.create_queue(QueueName=f"{bucket}-dlq")["QueueUrl"]
     dlq_arn = sqs.get_queue_attributes(QueueUrl=dlq, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
@@ -109,7 +109,8 @@ def world(monkeypatch, aws, dashscope, opensearch, index_name, s3, bucket) -> It
         "DASHSCOPE_API_KEY": API_KEY,
         "DASHSCOPE_MAX_RETRIES": "3",
         "DASHSCOPE_TIMEOUT_SECONDS": "1",
-        "OPENSEARCH_URL": opensearch.url,
+        "OPENSEARCH_URL": vector_store.url,
+        "OPENSEARCH_SERVICE": "aoss" if vector_store.serverless else "es",
         "OPENSEARCH_INDEX": index_name,
         "CHUNK_SIZE_TOKENS": "200",
         "CHUNK_OVERLAP_TOKENS": "30",
@@ -118,7 +119,7 @@ def world(monkeypatch, aws, dashscope, opensearch, index_name, s3, bucket) -> It
     for k, v in env.items():
         monkeypatch.setenv(k, v)
     handler.reset()
-    w = World(s3, sqs, bucket, queue, dlq, dashscope, opensearch, env=monkeypatch)
+    w = World(s3, sqs, bucket, queue, dlq, dashscope, vector_store, env=monkeypatch)
     yield w
     handler.reset()
     if w.secrets_proxy:

@@ -18,13 +18,14 @@ def next_seq() -> str:
 
 
 @pytest.fixture
-def indexer_env(monkeypatch, aws, dashscope, opensearch, index_name):
+def indexer_env(monkeypatch, aws, dashscope, vector_store, index_name):
     """Configure the deployed handler as the template does: by environment only."""
     env = {
         "DASHSCOPE_BASE_URL": dashscope.base_url,
         "DASHSCOPE_API_KEY": API_KEY,
         "DASHSCOPE_MAX_RETRIES": "4",
-        "OPENSEARCH_URL": opensearch.url,
+        "OPENSEARCH_URL": vector_store.url,
+        "OPENSEARCH_SERVICE": "aoss" if vector_store.serverless else "es",
         "OPENSEARCH_INDEX": index_name,
         "CHUNK_SIZE_TOKENS": "200",
         "CHUNK_OVERLAP_TOKENS": "30",

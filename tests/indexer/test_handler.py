@@ -23,7 +23,7 @@ def sixty_chunk_doc() -> str:
 
 def store_for(env) -> VectorStore:
     s = load_settings()
-    st = VectorStore(make_client(s), s.opensearch_index, s.dimensions)
+    st = VectorStore.from_settings(s)
     st.refresh()
     return st
 
@@ -106,7 +106,7 @@ class LaggingStore(VectorStore):
     checked staleness just before a concurrent, newer invocation finished."""
 
     def __init__(self, inner: VectorStore, stale_view):
-        super().__init__(inner.client, inner.index, inner.dimensions, backoff_seconds=0.01)
+        super().__init__(inner.client, inner.index, inner.dimensions, serverless=inner.serverless, backoff_seconds=0.01)
         self._ready = True
         self.stale_view = stale_view
         self.reads = 0
@@ -138,14 +138,14 @@ def test_two_versions_processed_at_once_converge_on_the_newest(uploader, indexer
     assert state is not None and state.sequencer == new.sequencer
 
 
-def test_bulk_item_failures_are_retried_alone(uploader, opensearch, indexer_env):
-    opensearch.bulk_items.clear()
-    opensearch.fail_items(3, status=429)
+def test_bulk_item_failures_are_retried_alone(uploader, vector_store, indexer_env):
+    vector_store.bulk_items.clear()
+    vector_store.fail_items(3, status=429)
     result = uploader.run(uploader.put("docs/big.txt", sixty_chunk_doc()))
     assert result == {"batchItemFailures": []}
     assert store_for(indexer_env).count("docs/big.txt") == 60
     # the first bulk carried the first window; a follow-up carried exactly the 3 failed items
-    assert 3 in opensearch.bulk_items
+    assert 3 in vector_store.bulk_items
 
 
 def test_429_storm_is_survived(uploader, dashscope, indexer_env):
@@ -258,10 +258,32 @@ def test_unchanged_chunks_are_not_embedded_again(uploader, dashscope, indexer_en
     assert hits[0].chunk_number == 59 and hits[0].text.endswith("One new paragraph at the end.")
 
 
-def test_index_with_another_dimension_fails_clearly(uploader, opensearch, index_name, indexer_env, caplog):
+def test_bulk_requests_stay_under_the_request_size_limit(uploader, vector_store, indexer_env, monkeypatch):
+    monkeypatch.setenv("MAX_FILE_BYTES", str(10**6))
+    handler.reset()
+    vector_store.bulk_bytes.clear()
+    # 450 chunks: a 400-chunk window of 1536-d vectors is ~14 MB of JSON, over the 10 MiB limit
+    assert uploader.run(uploader.put("docs/big.txt", document(450))) == {"batchItemFailures": []}
+    assert store_for(indexer_env).count("docs/big.txt") == 450
+    assert len(vector_store.bulk_bytes) >= 3 and max(vector_store.bulk_bytes) <= vector_store.max_content_length
+
+
+def test_a_retried_record_leaves_no_duplicate_chunks(uploader, vector_store, indexer_env):
+    event = uploader.put("docs/big.txt", sixty_chunk_doc())
+    vector_store.fail_items(3, status=400)  # rejected for good: the record fails after 57 were written
+    with pytest.raises(BatchProcessingError):
+        uploader.run(event)
+    assert uploader.run(event) == {"batchItemFailures": []}  # SQS delivers it again
+    store = store_for(indexer_env)
+    hits = store.client.search(index=store.index, body={"size": 500, "query": {"term": {"source_key": "docs/big.txt"}}})
+    numbers = sorted(h["_source"]["chunk_number"] for h in hits["hits"]["hits"])
+    assert numbers == list(range(60))
+
+
+def test_index_with_another_dimension_fails_clearly(uploader, index_name, indexer_env, caplog):
     from rag_shared.store import index_body
 
-    make_client(load_settings()).indices.create(index=index_name, body=index_body(1024, "lucene", serverless=False))
+    make_client(load_settings()).indices.create(index=index_name, body=index_body(1024, "faiss", serverless=True))
     caplog.set_level(logging.ERROR)
     with pytest.raises(BatchProcessingError) as info:  # retried, then dead-lettered: not lost
         uploader.run(uploader.put("docs/a.txt", "text"))

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import random
 import re
 import threading
 import time
@@ -70,6 +71,10 @@ def fake_embedding(text: str, dims: int) -> list[float]:
         h = hashlib.blake2b(w.encode(), digest_size=8).digest()
         vec[int.from_bytes(h[:4], "big") % dims] += 1.0 if h[4] & 1 else -1.0
     vec[0] += 0.01  # never the zero vector, which OpenSearch rejects for cosine
+    # Real embeddings are dense full-precision floats (~20 bytes each in JSON); a faint per-text
+    # noise makes these as large on the wire without moving any similarity by more than ~1e-9.
+    noise = random.Random(hashlib.blake2b(text.encode(), digest_size=8).digest())
+    vec = [v + noise.uniform(-1e-6, 1e-6) for v in vec]
     norm = math.sqrt(sum(v * v for v in vec))
     return [v / norm for v in vec]
 

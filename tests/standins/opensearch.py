@@ -127,14 +127,29 @@ class ItemFault:
     reason: str = "rejected execution of coordinating operation"
 
 
+SERVERLESS_NO_ID = "Document ID is not supported in create/index operation request"
+
+
 class OpenSearchStandIn(StandInServer):
-    def __init__(self, *, refresh_interval: float | None = 1.0) -> None:
+    """``serverless=True`` behaves as an OpenSearch Serverless vector collection: documents get
+    server-assigned ids (a request that names one is refused, as AOSS refuses it), and ``_refresh``
+    is not exposed (404). ``_delete_by_query`` is refused too: the product must not depend on it."""
+
+    def __init__(
+        self, *, refresh_interval: float | None = 1.0, serverless: bool = False, realtime: bool = False
+    ) -> None:
         super().__init__()
+        self.serverless = serverless
+        self.realtime = realtime  # every write is searchable at once (tests that are not about lag)
+        self._next_id = 0
         self.indices: dict[str, Index] = {}
         self.item_faults: deque[ItemFault] = deque()
         self.request_faults: deque[tuple[int, str | None]] = deque()  # (status, path substring)
         self.requests: list[tuple[str, str]] = []
         self.bulk_items: list[int] = []  # items per _bulk request
+        self.bulk_bytes: list[int] = []  # body size of each _bulk request
+        # Managed domains on small instance types refuse requests over 10 MiB (http.max_content_length)
+        self.max_content_length = 10 * 1024 * 1024
         self._refresher: threading.Thread | None = None
         self.refresh_interval = refresh_interval
 
@@ -162,6 +177,12 @@ class OpenSearchStandIn(StandInServer):
         with self.lock:
             self.request_faults.extend((status, path) for _ in range(n))
 
+    def refresh_all(self) -> None:
+        """Publish every write to search now (what the 1 s interval, or Serverless later, does)."""
+        with self.lock:
+            for idx in self.indices.values():
+                idx.refresh()
+
     def docs(self, index: str) -> dict[str, dict[str, Any]]:
         with self.lock:
             idx = self.indices.get(index)
@@ -170,8 +191,12 @@ class OpenSearchStandIn(StandInServer):
     # dispatch
 
     def handle(self, req: Request) -> None:
+        if len(req.body) > self.max_content_length:
+            return req.send_json(413, {"Message": f"Request size exceeded {self.max_content_length} bytes"})
         with self.lock:
             self.requests.append((req.method, req.path))
+            if req.path.endswith("/_bulk"):
+                self.bulk_bytes.append(len(req.body))
             for i, (status, sub) in enumerate(self.request_faults):
                 if sub is None or sub in req.path:
                     del self.request_faults[i]
@@ -206,6 +231,8 @@ class OpenSearchStandIn(StandInServer):
         names = [n for n in name.split(",") if n]
         op = parts[1]
         if op == "_refresh":
+            if self.serverless:
+                raise Refused(404, "not_found", f"no handler found for uri [{req.path}] and method [{m}]")
             with self.lock:
                 for n in names:
                     self._index(n).refresh()
@@ -215,6 +242,11 @@ class OpenSearchStandIn(StandInServer):
             return 200, {name: {"mappings": idx.mappings}}
         if op == "_doc" and len(parts) == 3:
             return self._doc(req, idx, parts[2])
+        if op == "_doc" and len(parts) == 2 and m == "POST":
+            with self.lock:
+                doc_id = self._new_id()
+                self._put(idx, doc_id, req.json())
+            return 201, {"_index": idx.name, "_id": doc_id, "result": "created"}
         if op == "_search":
             return 200, self._search(idx, req.json() or {})
         if op == "_count":
@@ -223,8 +255,14 @@ class OpenSearchStandIn(StandInServer):
                 count = sum(1 for i, d in idx.searchable.items() if matches(body.get("query"), d, i))
             return 200, {"count": count}
         if op == "_delete_by_query":
+            if self.serverless:
+                raise Refused(400, "illegal_argument_exception", "stand-in Serverless mode: _delete_by_query refused")
             return 200, self._delete_by_query(idx, req)
         raise Refused(400, "illegal_argument_exception", f"stand-in does not implement {m} {req.path}")
+
+    def _new_id(self) -> str:
+        self._next_id += 1
+        return f"auto-{self._next_id:012d}"
 
     def _index(self, name: str) -> Index:
         idx = self.indices.get(name)
@@ -299,7 +337,15 @@ class OpenSearchStandIn(StandInServer):
         created = doc_id not in idx.live
         idx.live[doc_id] = doc
         idx.seq += 1
+        if self.realtime:
+            idx.searchable[doc_id] = doc
         return "created" if created else "updated"
+
+    def _drop(self, idx: Index, doc_id: str) -> bool:
+        found = idx.live.pop(doc_id, None) is not None
+        if self.realtime:
+            idx.searchable.pop(doc_id, None)
+        return found
 
     def _doc(self, req: Request, idx: Index, doc_id: str) -> tuple[int, Any]:
         with self.lock:
@@ -309,6 +355,8 @@ class OpenSearchStandIn(StandInServer):
                     return 404, {"_index": idx.name, "_id": doc_id, "found": False}
                 return 200, {"_index": idx.name, "_id": doc_id, "found": True, "_source": copy.deepcopy(doc)}
             if req.method in ("PUT", "POST"):
+                if self.serverless:
+                    raise Refused(400, "illegal_argument_exception", SERVERLESS_NO_ID)
                 result = self._put(idx, doc_id, req.json())
                 if req.query.get("refresh") in ("true", "wait_for", ""):
                     idx.refresh()
@@ -318,7 +366,7 @@ class OpenSearchStandIn(StandInServer):
                     "result": result,
                 }
             if req.method == "DELETE":
-                found = idx.live.pop(doc_id, None) is not None
+                found = self._drop(idx, doc_id)
                 return (200 if found else 404), {"_id": doc_id, "result": "deleted" if found else "not_found"}
         raise Refused(405, "method_not_allowed", req.method)
 
@@ -336,16 +384,19 @@ class OpenSearchStandIn(StandInServer):
                     source = lines[i]
                     i += 1
                 name = meta.get("_index", default_index)
-                doc_id = str(meta.get("_id"))
+                named = meta.get("_id") is not None
+                doc_id = str(meta["_id"]) if named else self._new_id()
                 result: dict[str, Any] = {"_index": name, "_id": doc_id}
                 fault = self.item_faults.popleft() if self.item_faults else None
                 try:
                     if fault:
                         raise Refused(fault.status, fault.etype, fault.reason, name)
+                    if self.serverless and named and op in ("index", "create"):
+                        raise Refused(400, "illegal_argument_exception", SERVERLESS_NO_ID, name)
                     idx = self._index(name)
                     touched.add(name)
                     if op == "delete":
-                        found = idx.live.pop(doc_id, None) is not None
+                        found = self._drop(idx, doc_id)
                         result.update(status=200 if found else 404, result="deleted" if found else "not_found")
                     else:
                         assert source is not None
@@ -392,17 +443,21 @@ class OpenSearchStandIn(StandInServer):
             scored = scored[: int(spec["k"])]
         else:
             scored = [(1.0, i, d) for i, d in docs.items() if matches(query, d, i)]
-        if "sort" in body:  # a single keyword field, as the product sorts states by key
-            ((sort_field, order),) = body["sort"][0].items()
-            reverse = (order if isinstance(order, str) else order.get("order", "asc")) == "desc"
-            scored.sort(key=lambda t: t[2].get(sort_field) or "", reverse=reverse)
+        sort_fields: list[str] = []
+        if "sort" in body:  # keyword fields, each ascending (all the product asks for)
+            for clause in body["sort"]:
+                ((sort_field, order),) = clause.items()
+                if (order if isinstance(order, str) else order.get("order", "asc")) != "asc":
+                    raise Refused(400, "illegal_argument_exception", "stand-in sorts ascending only")
+                sort_fields.append(sort_field)
+
+            def sort_key(t: tuple[float, str, dict[str, Any]]) -> list[str]:
+                return [str(t[2].get(f) or "") for f in sort_fields]
+
+            scored.sort(key=sort_key)
             if "search_after" in body:
-                after = body["search_after"][0]
-                scored = [
-                    t
-                    for t in scored
-                    if ((t[2].get(sort_field) or "") < after if reverse else (t[2].get(sort_field) or "") > after)
-                ]
+                after = [str(v) for v in body["search_after"]]
+                scored = [t for t in scored if sort_key(t) > after]
         if "collapse" in body:
             seen: set[Any] = set()
             collapsed = []
@@ -414,7 +469,7 @@ class OpenSearchStandIn(StandInServer):
             scored = collapsed
         hits = [
             {"_index": idx.name, "_id": i, "_score": s, "_source": self._project(d, body.get("_source"))}
-            | ({"sort": [d.get(next(iter(body["sort"][0])))]} if "sort" in body else {})
+            | ({"sort": [d.get(f) for f in sort_fields]} if sort_fields else {})
             for s, i, d in scored[:size]
         ]
         return {

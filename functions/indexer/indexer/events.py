@@ -40,7 +40,7 @@ class S3Record(_Loose):
 class ObjectEvent(BaseModel):
     """What the indexer acts on: one key's create or remove, with what orders it."""
 
-    action: Literal["upsert", "remove"]
+    action: Literal["upsert", "remove", "sweep"]
     bucket: str
     key: str  # URL-decoded
     etag: str | None = None
@@ -69,6 +69,15 @@ class ObjectEvent(BaseModel):
         )
 
 
+SWEEP = "qwenRagSweep"
+
+
+def sweep_message(event: ObjectEvent) -> str:
+    """A message the indexer sends itself: remove chunks of ``key`` older than ``sequencer`` once
+    OpenSearch Serverless has made them searchable (it does so some seconds after a write)."""
+    return json.dumps({SWEEP: {"bucket": event.bucket, "key": event.key, "sequencer": event.sequencer}})
+
+
 class BadEvent(ValueError):
     """A message that is not an S3 notification: a poison record."""
 
@@ -84,6 +93,11 @@ def parse_notification(payload: dict[str, Any] | str) -> list[ObjectEvent]:
         raise BadEvent("message body is not a JSON object")
     if payload.get("Event") == "s3:TestEvent":
         return []
+    if isinstance(sweep := payload.get(SWEEP), dict):
+        try:
+            return [ObjectEvent(action="sweep", **sweep)]
+        except ValidationError as exc:
+            raise BadEvent(f"malformed sweep message: {exc}".splitlines()[0]) from None
     records = payload.get("Records")
     if not isinstance(records, list) or not records:
         raise BadEvent("message has no S3 'Records'")

@@ -11,6 +11,7 @@ events/s3-put.json``) is processed too.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import boto3
@@ -26,7 +27,7 @@ from rag_shared.embeddings import Embedder
 from rag_shared.secrets import ApiKeyProvider
 from rag_shared.store import VectorStore
 
-from indexer.events import ObjectEvent, parse_notification
+from indexer.events import ObjectEvent, parse_notification, sweep_message
 from indexer.pipeline import Indexer, IndexerConfig, Outcome
 
 logger = Logger(service="indexer")
@@ -53,7 +54,20 @@ def build_indexer(settings: Settings | None = None, *, s3: Any = None) -> Indexe
         chunk_overlap=settings.chunk_overlap_tokens,
         max_file_bytes=settings.max_file_bytes,
     )
-    return Indexer(s3 or boto3.client("s3"), VectorStore.from_settings(settings), embedder, config)
+    store = VectorStore.from_settings(settings)
+    return Indexer(s3 or boto3.client("s3"), store, embedder, config, sweeper=_sweeper(settings, store))
+
+
+def _sweeper(settings: Settings, store: VectorStore) -> Callable[[ObjectEvent], None] | None:
+    """Delayed sweep messages to the indexing queue (OpenSearch Serverless only)."""
+    if store.custom_ids or not settings.sweep_queue_url:
+        return None
+    sqs, url, delay = boto3.client("sqs"), settings.sweep_queue_url, settings.sweep_delay_seconds
+
+    def send(event: ObjectEvent) -> None:
+        sqs.send_message(QueueUrl=url, MessageBody=sweep_message(event), DelaySeconds=delay)
+
+    return send
 
 
 def get_indexer() -> Indexer:
@@ -92,6 +106,8 @@ def report(outcome: Outcome) -> None:
         metrics.add_metric(name="IndexingSeconds", unit=MetricUnit.Seconds, value=outcome.seconds)
     elif outcome.action == "removed":
         metrics.add_metric(name="FilesRemoved", unit=MetricUnit.Count, value=1)
+    elif outcome.action == "swept":
+        metrics.add_metric(name="StaleChunksSwept", unit=MetricUnit.Count, value=outcome.removed)
     elif outcome.action != "skipped":
         # stale, superseded or already gone: a replayed or late event that cost nothing
         metrics.add_metric(name="EventsIgnored", unit=MetricUnit.Count, value=1)

@@ -12,7 +12,7 @@ import hashlib
 import logging
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from itertools import islice
@@ -31,7 +31,7 @@ from indexer.extract import Unindexable, extract
 
 log = logging.getLogger(__name__)
 
-Action = Literal["indexed", "removed", "skipped", "stale", "superseded", "gone"]
+Action = Literal["indexed", "removed", "skipped", "stale", "superseded", "gone", "swept"]
 
 
 class Outcome(BaseModel):
@@ -71,18 +71,34 @@ def _windows(chunks: Iterator[Chunk], size: int) -> Iterator[list[Chunk]]:
 
 
 class Indexer:
-    def __init__(self, s3: Any, store: VectorStore, embedder: Embedder, config: IndexerConfig) -> None:
+    def __init__(
+        self,
+        s3: Any,
+        store: VectorStore,
+        embedder: Embedder,
+        config: IndexerConfig,
+        *,
+        sweeper: Callable[[ObjectEvent], None] | None = None,
+    ) -> None:
+        """``sweeper`` schedules a later :meth:`_sweep` of an event (a delayed SQS message in AWS).
+        Only a store with server-assigned ids needs it: see :meth:`_schedule_sweep`."""
         self.s3 = s3
         self.store = store
         self.embedder = embedder
         self.config = config
+        self.sweeper = sweeper
         if embedder.cache is None:
             embedder.cache = store  # unchanged text is never embedded twice
 
     def handle(self, event: ObjectEvent) -> Outcome:
         t0 = time.monotonic()
         self.store.ensure_index()
-        outcome = self._upsert(event) if event.action == "upsert" else self._remove(event)
+        if event.action == "sweep":
+            outcome = self._sweep(event)
+        else:
+            outcome = self._upsert(event) if event.action == "upsert" else self._remove(event)
+            if outcome.action in ("indexed", "removed", "skipped"):
+                self._schedule_sweep(event)
         outcome.seconds = round(time.monotonic() - t0, 3)
         return outcome
 
@@ -111,6 +127,22 @@ class Indexer:
         self.store.put_state(state)
         return True
 
+    def _schedule_sweep(self, event: ObjectEvent) -> None:
+        """OpenSearch Serverless makes a write searchable only some seconds later, so the delete of
+        older chunks can miss a version written just before: sweep once more when it is visible."""
+        if self.store.custom_ids or self.sweeper is None or not event.sequencer:
+            return  # a domain is refreshed before deleting: nothing can be missed
+        try:
+            self.sweeper(event.model_copy(update={"action": "sweep"}))
+        except Exception as exc:  # the index is already right for all that was visible
+            log.warning("could not schedule a sweep of %s: %s", event.key, type(exc).__name__)
+
+    def _sweep(self, event: ObjectEvent) -> Outcome:
+        if not event.sequencer:
+            raise ValueError("a sweep needs the sequencer of the event it follows")
+        removed = self.store.delete_source(event.key, older_than=event.sequencer)
+        return Outcome(key=event.key, action="swept", removed=removed)
+
     # upsert
 
     def _upsert(self, event: ObjectEvent) -> Outcome:
@@ -138,6 +170,10 @@ class Indexer:
             self._finish(key, seq, state)
             return Outcome(key=key, action="skipped", reason=exc.reason, removed=removed)
 
+        if not self.store.custom_ids:
+            # Server-assigned ids make a retried write add copies: drop what an earlier, failed
+            # attempt at this same event left (deterministic ids overwrite it instead).
+            self.store.delete_source(key, only_seq=seq)
         total = Outcome(key=key, action="indexed")
         chunks = chunk_text(
             extracted.text, size=self.config.chunk_size, overlap=self.config.chunk_overlap, markdown=extracted.markdown

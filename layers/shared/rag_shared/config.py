@@ -143,6 +143,9 @@ class Settings(BaseSettings):
     chunk_size_tokens: int = Field(400, ge=32, le=8192)
     chunk_overlap_tokens: int = Field(60, ge=0)
     max_file_bytes: PositiveInt = 50 * 1024 * 1024
+    # OpenSearch Serverless only: the queue the indexer sends its delayed sweep messages to
+    sweep_queue_url: str | None = None
+    sweep_delay_seconds: int = Field(60, ge=0, le=900)  # SQS's DelaySeconds range
 
     # Retrieval
     rag_top_k: int = Field(5, ge=0, le=50)

@@ -29,6 +29,10 @@ T = TypeVar("T")
 VECTOR_FIELD = "embedding"
 SPACE = "cosinesimil"
 _RETRY_STATUS = {429, 502, 503, 504}
+BULK_DOCS = 500
+# A 1536-float vector is ~35 KB of JSON, so 500 of them would be ~17 MB: over the 10 MiB request
+# limit (http.max_content_length) of small managed-domain instance types. Keep each request under it.
+BULK_BYTES = 8 * 1024 * 1024
 
 
 # --- documents ----------------------------------------------------------------------------------
@@ -123,6 +127,14 @@ def sequencer_after(seq: str | None) -> str:
     """
     base = normalize_sequencer(seq or "0")
     return f"{int(base, 16) + 1:0{SEQ_WIDTH}X}"
+
+
+def _newest(states: Iterable[SourceState]) -> SourceState | None:
+    newest: SourceState | None = None
+    for state in states:
+        if newest is None or sequencer_newer(state.sequencer, newest.sequencer):
+            newest = state
+    return newest
 
 
 def index_body(dimensions: int, engine: str, *, serverless: bool) -> dict[str, Any]:
@@ -326,54 +338,68 @@ class VectorStore:
 
     # writes
 
+    @property
+    def custom_ids(self) -> bool:
+        """Whether documents may carry our ids. OpenSearch Serverless vector collections assign ids
+        themselves and reject "Document ID is not supported in create/index operation request"."""
+        return not self.serverless
+
     def write_chunks(self, docs: Sequence[ChunkDoc]) -> int:
         """Bulk-index; items that fail transiently are retried alone, with backoff."""
-        pending = {d.id: {"_op_type": "index", "_index": self.index, "_id": d.id, "_source": d.body()} for d in docs}
-        return self._bulk(pending)
+        return self._bulk(
+            [
+                {"_op_type": "index", "_index": self.index, "_source": d.body()}
+                | ({"_id": d.id} if self.custom_ids else {})
+                for d in docs
+            ]
+        )
 
-    def delete_ids(self, ids: Iterable[str]) -> int:
-        pending = {i: {"_op_type": "delete", "_index": self.index, "_id": i} for i in ids}
-        return self._bulk(pending)
-
-    def _bulk(self, pending: dict[str, dict[str, Any]]) -> int:
+    def _bulk(self, actions: list[dict[str, Any]]) -> int:
+        """Send ``actions`` in requests of at most BULK_DOCS / BULK_BYTES. Results are matched to
+        actions by position (server-assigned ids cannot be matched by id); an item that failed
+        transiently, or was never answered because the connection failed, is sent again alone."""
         done = 0
+        pending = list(actions)
         for attempt in range(1, self.max_attempts + 1):
             if not pending:
                 break
-            actions = list(pending.values())
-            ok, errors = self._retry(
-                "bulk",
-                lambda a=actions: helpers.bulk(  # type: ignore[misc]
+            answered: list[tuple[bool, dict[str, Any]]] = []
+            try:
+                for ok, item in helpers.streaming_bulk(
                     self.client,
-                    a,
+                    pending,
+                    chunk_size=BULK_DOCS,
+                    max_chunk_bytes=BULK_BYTES,
                     raise_on_error=False,
                     raise_on_exception=True,
                     max_retries=0,
-                    chunk_size=500,
-                ),
-            )
-            done += ok
-            failed: dict[str, dict[str, Any]] = {}
+                ):
+                    answered.append((ok, item))
+            except (OSConnectionError, ConnectionTimeout) as exc:
+                log.warning("bulk request failed (%s)", type(exc).__name__, extra={"attempt": attempt})
+            except TransportError as exc:
+                status = exc.status_code if isinstance(exc.status_code, int) else 0
+                if status not in _RETRY_STATUS:
+                    raise BulkWriteError(f"OpenSearch rejected a bulk request: {status} {exc.error}") from None
+                log.warning("bulk request throttled (%s)", status, extra={"attempt": attempt})
+            failed: list[dict[str, Any]] = pending[len(answered) :]  # never answered: send again
             fatal: list[str] = []
             index_missing = False
-            for item in errors:
+            for action, (ok, item) in zip(pending, answered, strict=False):
                 ((op, result),) = item.items()
                 status = int(result.get("status", 0))
-                if op == "delete" and status == 404:
-                    done += 1  # already gone: that is what we wanted
+                if ok or (op == "delete" and status == 404):  # a delete of what is gone is done
+                    done += 1
                     continue
-                doc_id = str(result.get("_id"))
                 error = result.get("error")
                 if isinstance(error, dict) and error.get("type") == "index_not_found_exception":
                     index_missing = True  # deleted under a warm container: recreate it, retry the items
-                    failed[doc_id] = pending[doc_id]
+                    failed.append(action)
                 elif status in _RETRY_STATUS or status >= 500:
-                    failed[doc_id] = pending[doc_id]
+                    failed.append(action)
                 else:
-                    reason = (
-                        (result.get("error") or {}).get("reason", "") if isinstance(result.get("error"), dict) else ""
-                    )
-                    fatal.append(f"{doc_id}: {status} {reason}")
+                    reason = error.get("reason", "") if isinstance(error, dict) else ""
+                    fatal.append(f"{result.get('_id', '?')}: {status} {reason}")
             if fatal:
                 raise BulkWriteError(f"{len(fatal)} bulk items rejected: {fatal[:3]}")
             if index_missing:
@@ -388,6 +414,24 @@ class VectorStore:
             raise BulkWriteError(f"{len(pending)} bulk items still failing after {self.max_attempts} attempts")
         return done
 
+    def _delete_matching(self, index: str, clauses: list[dict[str, Any]]) -> int:
+        """Delete by query without ``_delete_by_query``: search the ids, bulk-delete them, repeat
+        until a search finds nothing new. What Serverless has not made searchable yet is missed,
+        as any query-based delete would miss it."""
+        seen: set[str] = set()
+        deleted = 0
+        body = {"size": 1000, "_source": False, "query": {"bool": {"filter": clauses}}}
+        while True:
+            result = self._retry(
+                "find documents to delete",
+                lambda: self.client.search(index=index, body=body, params={"ignore": 404}),
+            )
+            ids = [h["_id"] for h in result.get("hits", {}).get("hits", []) if h["_id"] not in seen]
+            if not ids:
+                return deleted
+            seen.update(ids)
+            deleted += self._bulk([{"_op_type": "delete", "_index": index, "_id": i} for i in ids])
+
     def delete_source(self, key: str, *, older_than: str | None = None, only_seq: str | None = None) -> int:
         """Delete chunks of ``key``: all, those written for events before ``older_than``, or one event's."""
         clauses: list[dict[str, Any]] = [{"term": {"source_key": key}}]
@@ -395,6 +439,8 @@ class VectorStore:
             clauses.append({"range": {"source_seq": {"lt": normalize_sequencer(older_than)}}})
         if only_seq is not None:
             clauses.append({"term": {"source_seq": normalize_sequencer(only_seq)}})
+        if not self.custom_ids:
+            return self._delete_matching(self.index, clauses)
         self.refresh()  # delete-by-query sees only refreshed documents
         result = self._retry(
             "delete by query",
@@ -411,6 +457,9 @@ class VectorStore:
     # per-source state
 
     def get_state(self, key: str) -> SourceState | None:
+        if not self.custom_ids:
+            records = self._state_records(key)
+            return _newest(state for _, state in records)
         try:
             # ignore=404: a key seen for the first time is normal, not a warning in the log
             doc = self._retry(
@@ -421,10 +470,25 @@ class VectorStore:
         return SourceState.model_validate(doc["_source"]) if doc.get("found") else None
 
     def put_state(self, state: SourceState) -> None:
-        self._retry(
-            "put state",
-            lambda: self.client.index(index=self.state_index, id=state.key, body=state.model_dump()),
+        if self.custom_ids:
+            self._retry(
+                "put state",
+                lambda: self.client.index(index=self.state_index, id=state.key, body=state.model_dump()),
+            )
+            return
+        # Serverless: one record per event, the newest sequencer wins; older records are removed
+        # once searchable (a reader takes the newest, so one left behind changes nothing).
+        older = [i for i, r in self._state_records(state.key) if sequencer_newer(state.sequencer, r.sequencer)]
+        self._retry("put state", lambda: self.client.index(index=self.state_index, body=state.model_dump()))
+        if older:
+            self._bulk([{"_op_type": "delete", "_index": self.state_index, "_id": i} for i in older])
+
+    def _state_records(self, key: str) -> list[tuple[str, SourceState]]:
+        body = {"size": 100, "query": {"term": {"key": key}}}
+        result = self._retry(
+            "get state", lambda: self.client.search(index=self.state_index, body=body, params={"ignore": 404})
         )
+        return [(h["_id"], SourceState.model_validate(h["_source"])) for h in result.get("hits", {}).get("hits", [])]
 
     def list_states(self, prefix: str = "") -> dict[str, SourceState]:
         """Every recorded source under ``prefix`` (the backfill compares them with the bucket)."""
@@ -433,14 +497,21 @@ class VectorStore:
         self.refresh()
         after: list[str] | None = None
         while True:  # search_after paging: works on Serverless too, unlike scroll
-            body: dict[str, Any] = {"size": 1000, "query": query, "sort": [{"key": "asc"}]}
+            body: dict[str, Any] = {
+                "size": 1000,
+                "query": query,
+                "sort": [{"key": "asc"}, {"updated_at": "asc"}],  # a key may have several records
+            }
             if after is not None:
                 body["search_after"] = after
-            hits = self._retry("list states", lambda b=body: self.client.search(index=self.state_index, body=b))  # type: ignore[misc]
-            page = hits["hits"]["hits"]
+            hits = self._retry(
+                "list states",
+                lambda b=body: self.client.search(index=self.state_index, body=b, params={"ignore": 404}),  # type: ignore[misc]
+            )
+            page = hits.get("hits", {}).get("hits", [])
             for hit in page:
                 state = SourceState.model_validate(hit["_source"])
-                out[state.key] = state
+                out[state.key] = _newest([state, out[state.key]]) if state.key in out else state  # type: ignore[assignment]
             if len(page) < 1000:
                 return out
             after = page[-1]["sort"]
