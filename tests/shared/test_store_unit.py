@@ -1,4 +1,9 @@
-from rag_shared.store import normalize_sequencer, sequencer_after, sequencer_newer
+import json
+from datetime import UTC, datetime
+
+import pytest
+from opensearchpy.exceptions import SerializationError
+from rag_shared.store import FastJSONSerializer, normalize_sequencer, sequencer_after, sequencer_newer
 
 
 def test_sequencers_compare_after_right_padding():
@@ -15,3 +20,23 @@ def test_backfill_sequencer_sits_between_real_events():
     again = sequencer_after(after)
     assert sequencer_newer(after, seq) and sequencer_newer(again, after)
     assert sequencer_newer("0055AED6DCD90281E6", again)  # the next real event still wins
+
+
+def test_fast_serializer_writes_what_the_standard_one_reads():
+    ser = FastJSONSerializer()
+    doc = {"vector": [0.1, -2.5e-7, 1.0], "when": datetime(2026, 1, 2, tzinfo=UTC), 3: "int key", "t": "é 中"}
+    assert json.loads(ser.dumps(doc)) == {
+        "vector": [0.1, -2.5e-7, 1.0],
+        "when": "2026-01-02T00:00:00+00:00",
+        "3": "int key",
+        "t": "é 中",
+    }
+    assert ser.dumps("already a body") == "already a body"
+    assert ser.loads(b'{"a": [1.5]}') == {"a": [1.5]}
+
+
+def test_fast_serializer_raises_the_clients_error_class():
+    with pytest.raises(SerializationError):
+        FastJSONSerializer().dumps({"x": object()})
+    with pytest.raises(SerializationError):
+        FastJSONSerializer().loads("{not json")

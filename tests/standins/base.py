@@ -3,12 +3,13 @@ chunked streaming, and the ability to drop a connection mid-response."""
 
 from __future__ import annotations
 
-import json
 import socket
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Self
 from urllib.parse import parse_qs, urlsplit
+
+import orjson
 
 
 class DropConnection(Exception):
@@ -26,12 +27,12 @@ class Request:
         self.body = body
 
     def json(self) -> Any:
-        return json.loads(self.body or b"null")
+        return orjson.loads(self.body or b"null")
 
     # responses
 
     def send_json(self, status: int, payload: Any, headers: dict[str, str] | None = None) -> None:
-        data = json.dumps(payload).encode()
+        data = orjson.dumps(payload)  # fast: embedding bodies hold tens of thousands of floats
         h = self.handler
         h.send_response(status)
         h.send_header("Content-Type", "application/json")

@@ -13,13 +13,14 @@ cosinesimil ``(2 - d) / 2`` with ``d = 1 - cos``; l2 ``1 / (1 + d)``; innerprodu
 from __future__ import annotations
 
 import copy
-import json
 import math
 import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Self
+
+import orjson
 
 from tests.standins.base import Request, StandInServer
 
@@ -371,7 +372,7 @@ class OpenSearchStandIn(StandInServer):
         raise Refused(405, "method_not_allowed", req.method)
 
     def _bulk(self, req: Request, default_index: str | None) -> tuple[int, Any]:
-        lines = [json.loads(line) for line in req.body.decode().splitlines() if line.strip()]
+        lines = [orjson.loads(line) for line in req.body.splitlines() if line.strip()]
         items: list[dict[str, Any]] = []
         i = 0
         touched: set[str] = set()
