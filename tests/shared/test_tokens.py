@@ -1,5 +1,7 @@
+import random
+
 import pytest
-from rag_shared.tokens import estimate_tokens, messages_tokens, truncate_to_tokens
+from rag_shared.tokens import estimate_tokens, messages_tokens, token_boundaries, truncate_to_tokens
 
 SAMPLES = {
     "english": "The quick brown fox jumps over the lazy dog. Retrieval-augmented generation combines search "
@@ -48,3 +50,15 @@ def test_truncate_respects_limit():
 def test_messages_overhead_counted():
     msgs: list[dict[str, object]] = [{"role": "user", "content": "hello"}, {"role": "assistant", "content": "hi"}]
     assert messages_tokens(msgs) > estimate_tokens("hello") + estimate_tokens("hi")
+
+
+def test_fast_count_equals_the_sum_over_split_points():
+    """estimate_tokens counts in C; token_boundaries walks pieces for cutting. They must agree, or a
+    chunk cut by one would be over budget by the other."""
+    alphabet = "abcXYZé_ 中文。，\t\n\n 0123456789.,;!?-#*'\"ßΩ ك"
+    rng = random.Random(7)
+    texts = [*SAMPLES.values(), "", "   ", "a" * 9, " \t 7", "x 12 yy\n\n\n3"]
+    texts += ["".join(rng.choice(alphabet) for _ in range(rng.randint(1, 300))) for _ in range(500)]
+    for text in texts:
+        walked = [total for _, total in token_boundaries(text)]
+        assert estimate_tokens(text) == (walked[-1] if walked else 0), repr(text)

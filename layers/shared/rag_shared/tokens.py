@@ -19,6 +19,10 @@ _CJK = r"\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff\uff00
 # those a token of their own); 4: a newline run; 5: one other symbol
 _PIECE = re.compile(rf"([{_CJK}])|([^\W\d_{_CJK}]+)|([ \t]*\d)|(\n+)|([^\s{_CJK}])")
 _LETTERS_PER_TOKEN = 4
+# The same count with one match per token: letters taken four at a time, and the blanks before a
+# digit as a match of their own. Counting matches stays in C, which makes estimate_tokens several
+# times faster than summing _piece_tokens; chunking a 50 MB file calls it for every sentence.
+_TOKEN = re.compile(rf"[{_CJK}]|[^\W\d_{_CJK}]{{1,{_LETTERS_PER_TOKEN}}}|[ \t]+(?=\d)|\d|\n+|[^\s{_CJK}]")
 
 
 def _piece_tokens(match: re.Match[str]) -> int:
@@ -31,7 +35,7 @@ def _piece_tokens(match: re.Match[str]) -> int:
 
 def estimate_tokens(text: str) -> int:
     """An upper-bound estimate of Qwen tokens in ``text``."""
-    return sum(_piece_tokens(m) for m in _PIECE.finditer(text))
+    return len(_TOKEN.findall(text))
 
 
 def messages_tokens(messages: list[dict[str, object]]) -> int:
