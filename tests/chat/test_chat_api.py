@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from typing import Any
 
 import httpx
@@ -243,3 +244,30 @@ def test_logs_have_counts_but_no_key_or_document_text(http, indexed, dashscope, 
     assert "60 USD per day" not in text  # retrieved passage text
     done = [r for r in caplog.records if r.getMessage() == "chat completed"]
     assert done and done[0].__dict__["completion_tokens"] > 0 and done[0].__dict__["model"] == "qwen-plus"
+
+
+@pytest.mark.parametrize("path", ["/chat/completions/stream", "/v1/chat/completions"])
+def test_a_client_that_hangs_up_stops_the_generation_it_pays_for(server, indexed, dashscope, caplog, path):
+    dashscope.chunk_delay = 0.05  # ~60 pieces: a 3 s answer
+    body = {**ASK, "stream": True} if path.startswith("/v1") else ASK
+    with (
+        httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30) as c,
+        c.stream("POST", path, json=body) as r,
+    ):
+        assert r.status_code == 200
+        lines = r.iter_lines()
+        for _ in range(12):  # a few deltas in, the browser tab is closed
+            next(lines)
+    t0 = time.monotonic()
+    while not dashscope.state.streams_abandoned and time.monotonic() - t0 < 2:
+        time.sleep(0.02)
+    assert dashscope.state.streams_abandoned, "the upstream stream ran on after the client left"
+    assert dashscope.state.streams_abandoned[0] < 30  # stopped within a few pieces, not at the end
+    assert time.monotonic() - t0 < 0.5
+    with caplog.at_level(logging.INFO):
+        t1 = time.monotonic()
+        while "client disconnected" not in caplog.text and time.monotonic() - t1 < 2:
+            time.sleep(0.02)
+    stopped = next(r for r in caplog.records if r.getMessage() == "chat stopped: client disconnected")
+    assert 0 < stopped.__dict__["estimated_completion_tokens"] < 60
+    assert not [r for r in caplog.records if r.getMessage() == "chat completed"]

@@ -117,6 +117,7 @@ class StandInState:
     calls: list[Call] = field(default_factory=list)
     last_usage: dict[str, int] | None = None
     stream_times: list[float] = field(default_factory=list)  # when each stream chunk was written
+    streams_abandoned: list[int] = field(default_factory=list)  # frames written before the caller hung up
 
 
 class DashScopeStandIn(StandInServer):
@@ -421,7 +422,12 @@ class DashScopeStandIn(StandInServer):
         for n, frame in enumerate(frames):
             if drop is not None and n == drop.after_chunks:
                 req.drop()
-            req.write_chunk(frame)
+            try:
+                req.write_chunk(frame)
+            except (BrokenPipeError, ConnectionResetError):
+                with self.lock:  # the caller closed the stream: generation stops, as DashScope's does
+                    self.state.streams_abandoned.append(n)
+                raise
             with self.lock:
                 self.state.stream_times.append(time.monotonic())
             if self.chunk_delay and n < len(frames) - 2:

@@ -19,7 +19,7 @@ from rag_shared.dashscope import ChatParams, DashScopeClient, ReasoningDelta, St
 from rag_shared.embeddings import Embedder
 from rag_shared.errors import BadRequestError, ContextLengthExceededError, ModelNotFoundError
 from rag_shared.store import SearchFilter, SearchHit, VectorStore
-from rag_shared.tokens import truncate_to_tokens
+from rag_shared.tokens import estimate_tokens, truncate_to_tokens
 from rag_shared.usage import Usage
 
 from chat.models import ChatRequest
@@ -183,9 +183,11 @@ class ChatService:
             yield Notice(message)
         first_token_ms = _ms(t0)
         event: StreamEvent | None = first
+        streamed_tokens = 0  # estimated, for the log line if the caller leaves before the usage chunk
         try:
             while event is not None:
                 if isinstance(event, TextDelta):
+                    streamed_tokens += estimate_tokens(event.text)
                     yield Delta(event.text)
                 elif isinstance(event, ReasoningDelta):
                     yield Reasoning(event.text)
@@ -203,5 +205,18 @@ class ChatService:
                     )
                     yield done
                 event = await anext(upstream, None)
+        except (GeneratorExit, asyncio.CancelledError):
+            # The caller hung up (a closed tab, a timeout): closing the upstream stream below stops
+            # DashScope generating tokens nobody will read. Its usage never arrives, hence estimates.
+            logger.info(
+                "chat stopped: client disconnected",
+                extra={
+                    "request_id": request_id,
+                    "model": model.name,
+                    "estimated_completion_tokens": streamed_tokens,
+                    "seconds": round(time.monotonic() - t0, 3),
+                },
+            )
+            raise
         finally:
             await upstream.aclose()
