@@ -1,0 +1,69 @@
+"""template.yaml and its nested stack, read as CloudFormation reads them: the values built from
+intrinsic functions are evaluated here, since `sam validate --lint` checks types, not values."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cfnlint.decode import decode_str  # type: ignore[import-untyped]
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load(path: str) -> Any:
+    template, errors = decode_str((ROOT / path).read_text())
+    assert not errors, errors
+    return template
+
+
+def evaluate(node: Any, refs: dict[str, str]) -> Any:
+    """Enough of CloudFormation's intrinsic functions for the names the templates build."""
+    if isinstance(node, dict) and len(node) == 1:
+        ((fn, arg),) = node.items()
+        if fn == "Ref":
+            return refs[arg]
+        if fn == "Fn::Select":
+            return evaluate(arg[1], refs)[int(arg[0])]
+        if fn == "Fn::Split":
+            return evaluate(arg[1], refs).split(arg[0])
+        if fn == "Fn::Join":
+            return arg[0].join(evaluate(arg[1], refs))
+        if fn == "Fn::Sub":
+            text, names = (arg, {}) if isinstance(arg, str) else (arg[0], arg[1])
+            values = {k: evaluate(v, refs) for k, v in names.items()}
+            return re.sub(r"\$\{([^}!]+)\}", lambda m: values.get(m[1]) or refs[m[1]], text)
+    if isinstance(node, list):
+        return [evaluate(n, refs) for n in node]
+    return node
+
+
+@pytest.mark.parametrize(
+    "stack_id",
+    [
+        "arn:aws:cloudformation:us-east-1:123456789012:stack/qwen-rag/1c2d3e4f-5a6b-11ef-8c7d-0a1b2c3d4e5f",
+        "arn:aws:cloudformation:ap-southeast-1:123456789012:stack/qwen-rag/ab12cd34-5a6b-11ef-8c7d-0a1b2c3d4e5f",
+    ],
+)
+def test_collection_and_policy_names_are_valid_for_any_stack_id(stack_id):
+    main, nested = load("template.yaml"), load("infra/opensearch-serverless.yaml")
+    params = main["Resources"]["VectorCollection"]["Properties"]["Parameters"]
+    name = evaluate(params["CollectionName"], {"AWS::StackId": stack_id})
+    assert re.fullmatch(nested["Parameters"]["CollectionName"]["AllowedPattern"], name), name
+    # AWS: collection names 3-32 chars, a lowercase letter first; security/access policy names 3-32 chars
+    assert re.fullmatch(r"[a-z][a-z0-9-]{2,31}", name)
+    refs = {"CollectionName": name}
+    for res in nested["Resources"].values():
+        if res["Type"].startswith("AWS::OpenSearchServerless::") and "Policy" in res["Type"]:
+            policy_name = evaluate(res["Properties"]["Name"], refs)
+            assert re.fullmatch(r"[a-z][a-z0-9-]{2,31}", policy_name), policy_name
+
+
+def test_standby_replicas_reach_the_collection():
+    main, nested = load("template.yaml"), load("infra/opensearch-serverless.yaml")
+    passed = main["Resources"]["VectorCollection"]["Properties"]["Parameters"]["StandbyReplicas"]
+    assert passed == {"Ref": "CollectionStandbyReplicas"}
+    assert main["Parameters"]["CollectionStandbyReplicas"]["AllowedValues"] == ["ENABLED", "DISABLED"]
+    assert nested["Resources"]["Collection"]["Properties"]["StandbyReplicas"] == {"Ref": "StandbyReplicas"}
