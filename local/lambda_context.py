@@ -14,6 +14,7 @@ class FakeContext:
     invoked_function_arn: str = "arn:aws:lambda:us-east-1:123456789012:function:indexer"
     aws_request_id: str = "req-0001"
     function_version: str = "$LATEST"
+    remaining_ms: int = 300_000  # the function's timeout, as at the start of an invocation
 
     def get_remaining_time_in_millis(self) -> int:
-        return 300_000
+        return self.remaining_ms

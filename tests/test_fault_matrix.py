@@ -115,6 +115,8 @@ def world(monkeypatch, aws, dashscope, vector_store, index_name, s3, bucket) -> 
         "CHUNK_SIZE_TOKENS": "200",
         "CHUNK_OVERLAP_TOKENS": "30",
         "MAX_FILE_BYTES": "100000",
+        "RETRY_BASE_SECONDS": "1",  # the handler sets each failed message's delay: 1 s, like the queue's
+        "RETRY_MAX_SECONDS": "1",
     }
     for k, v in env.items():
         monkeypatch.setenv(k, v)

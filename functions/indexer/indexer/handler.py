@@ -2,7 +2,10 @@
 
 Production path: S3 → SQS → this function. Each SQS record is processed on its own (Powertools
 batch processing); a record that fails is reported as a batch item failure, so only it returns
-to the queue, and after the queue's maxReceiveCount it lands in the dead-letter queue. Files
+to the queue, after a delay that grows with each try (set on the message, so one queue-wide
+visibility timeout need not fit both a quick retry and a 15-minute run), and after the queue's
+maxReceiveCount it lands in the dead-letter queue. A file too big for one invocation stops
+before the timeout and resumes on the next (:class:`indexer.pipeline.OutOfTime`). Files
 that can never be indexed (binary, empty, bad encoding, too large) are logged and skipped: they
 succeed, so they are not retried forever. A direct S3 event (``sam local invoke -e
 events/s3-put.json``) is processed too.
@@ -11,7 +14,9 @@ events/s3-put.json``) is processed too.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
+from functools import cache
 from typing import Any
 
 import boto3
@@ -28,7 +33,7 @@ from rag_shared.secrets import ApiKeyProvider
 from rag_shared.store import VectorStore
 
 from indexer.events import ObjectEvent, parse_notification, sweep_message
-from indexer.pipeline import Indexer, IndexerConfig, Outcome
+from indexer.pipeline import Indexer, IndexerConfig, Outcome, OutOfTime
 
 logger = Logger(service="indexer")
 metrics = Metrics(namespace="QwenRag", service="indexer")
@@ -36,6 +41,8 @@ processor = BatchProcessor(event_type=EventType.SQS)
 
 _lock = threading.Lock()
 _indexer: Indexer | None = None
+_settings: Settings | None = None
+_retry_after: dict[str, int] = {}  # messageId -> seconds until a failed record's next try
 
 
 def build_indexer(settings: Settings | None = None, *, s3: Any = None) -> Indexer:
@@ -75,15 +82,24 @@ def get_indexer() -> Indexer:
     global _indexer
     with _lock:
         if _indexer is None:
-            _indexer = build_indexer()
+            _indexer = build_indexer(get_settings())
         return _indexer
+
+
+def get_settings() -> Settings:
+    global _settings
+    if _settings is None:
+        _settings = load_settings()
+    return _settings
 
 
 def reset() -> None:
     """Forget the wired indexer, so the next event re-reads the configuration."""
-    global _indexer
+    global _indexer, _settings
     with _lock:
-        _indexer = None
+        _indexer = _settings = None
+        _sqs.cache_clear()
+        _queue_url.cache_clear()
 
 
 def report(outcome: Outcome) -> None:
@@ -113,19 +129,71 @@ def report(outcome: Outcome) -> None:
         metrics.add_metric(name="EventsIgnored", unit=MetricUnit.Count, value=1)
 
 
-def process(event: ObjectEvent) -> Outcome:
+def process(event: ObjectEvent, deadline: float | None = None) -> Outcome:
     logger.append_keys(s3_key=event.key, s3_action=event.action)
     try:
-        outcome = get_indexer().handle(event)
+        outcome = get_indexer().handle(event, deadline=deadline)
     finally:
         logger.remove_keys(["s3_key", "s3_action"])
     report(outcome)
     return outcome
 
 
-def record_handler(record: SQSRecord) -> list[dict[str, Any]]:
+def deadline_of(context: Any, stop_before: float) -> float | None:
+    """When to stop starting work (``time.monotonic()`` seconds), from the invocation's remaining time."""
+    remaining = getattr(context, "get_remaining_time_in_millis", None)
+    return time.monotonic() + remaining() / 1000 - stop_before if callable(remaining) else None
+
+
+def retry_delay(tries: int, error: BaseException, base: int, cap: int) -> int:
+    """Seconds before a failed record is tried again: at once after running out of time (the work
+    done is kept, so the next try goes further), else base × 4^(tries-1), at most ``cap``."""
+    if isinstance(error, OutOfTime):
+        return 0
+    return min(cap, base * int(4 ** max(tries - 1, 0)))
+
+
+def record_handler(record: SQSRecord, lambda_context: LambdaContext | None = None) -> list[dict[str, Any]]:
     """One SQS message: an S3 notification with one or more object events. Raising fails only it."""
-    return [process(e).model_dump(mode="json") for e in parse_notification(record.body)]
+    settings = get_settings()
+    deadline = deadline_of(lambda_context, settings.stop_before_timeout_seconds)
+    try:
+        return [process(e, deadline).model_dump(mode="json") for e in parse_notification(record.body)]
+    except Exception as exc:
+        tries = int(record.attributes.approximate_receive_count or 1)
+        _retry_after[record.message_id] = retry_delay(
+            tries, exc, settings.retry_base_seconds, settings.retry_max_seconds
+        )
+        raise
+
+
+@cache
+def _sqs() -> Any:
+    return boto3.client("sqs")
+
+
+@cache
+def _queue_url(arn: str) -> str:
+    _, _, _, _, account, name = arn.split(":", 5)
+    return str(_sqs().get_queue_url(QueueName=name, QueueOwnerAWSAccountId=account)["QueueUrl"])
+
+
+def delay_retries(records: list[dict[str, Any]]) -> None:
+    """Give each failed message its own visibility timeout, i.e. its time until the next try.
+    Best effort: if this fails, the message returns after the queue's visibility timeout."""
+    for r in records:
+        delay = _retry_after.get(r.get("messageId", ""))
+        if delay is None:
+            continue
+        try:
+            _sqs().change_message_visibility(
+                QueueUrl=_queue_url(r["eventSourceARN"]), ReceiptHandle=r["receiptHandle"], VisibilityTimeout=delay
+            )
+        except Exception as exc:
+            logger.warning(
+                "could not set the retry delay; the queue's visibility timeout applies",
+                extra={"message_id": r.get("messageId"), "error": type(exc).__name__},
+            )
 
 
 def _is_direct_s3(event: dict[str, Any]) -> bool:
@@ -142,13 +210,16 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
         # Direct S3 invocation is asynchronous: raising makes Lambda retry, then its on-failure
         # destination/DLQ takes the event.
         return {"outcomes": [process(e).model_dump(mode="json") for e in parse_notification(event)]}
+    _retry_after.clear()
     try:
         response = process_partial_response(
             event=event, record_handler=record_handler, processor=processor, context=context
         )
     except BatchProcessingError:  # every record failed: the whole batch goes back to the queue
         metrics.add_metric(name="RecordsFailed", unit=MetricUnit.Count, value=len(event.get("Records", [])))
+        delay_retries(event.get("Records", []))
         raise
+    delay_retries(event.get("Records", []))
     failed = len(response.get("batchItemFailures", []))
     metrics.add_metric(name="RecordsFailed", unit=MetricUnit.Count, value=failed)
     return dict(response)

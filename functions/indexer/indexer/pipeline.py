@@ -90,13 +90,17 @@ class Indexer:
         if embedder.cache is None:
             embedder.cache = store  # unchanged text is never embedded twice
 
-    def handle(self, event: ObjectEvent) -> Outcome:
+    def handle(self, event: ObjectEvent, *, deadline: float | None = None) -> Outcome:
+        """``deadline`` (``time.monotonic()`` seconds): stop starting work after it, so a file too big
+        for one invocation fails cleanly before the function times out; see :class:`OutOfTime`."""
         t0 = time.monotonic()
+        if deadline is not None and t0 > deadline:
+            raise OutOfTime("not started: the invocation's time ran out on earlier records")
         self.store.ensure_index()
         if event.action == "sweep":
             outcome = self._sweep(event)
         else:
-            outcome = self._upsert(event) if event.action == "upsert" else self._remove(event)
+            outcome = self._upsert(event, deadline) if event.action == "upsert" else self._remove(event)
             if outcome.action in ("indexed", "removed", "skipped"):
                 self._schedule_sweep(event)
         outcome.seconds = round(time.monotonic() - t0, 3)
@@ -145,7 +149,7 @@ class Indexer:
 
     # upsert
 
-    def _upsert(self, event: ObjectEvent) -> Outcome:
+    def _upsert(self, event: ObjectEvent, deadline: float | None = None) -> Outcome:
         key, seq = event.key, self._sequencer(event)
         if stale := self._is_stale(key, seq):
             return Outcome(key=key, action="stale", reason=f"already applied event {stale.sequencer}")
@@ -170,11 +174,8 @@ class Indexer:
             self._finish(key, seq, state)
             return Outcome(key=key, action="skipped", reason=exc.reason, removed=removed)
 
-        if not self.store.custom_ids:
-            # Server-assigned ids make a retried write add copies: drop what an earlier, failed
-            # attempt at this same event left (deterministic ids overwrite it instead).
-            self.store.delete_source(key, only_seq=seq)
         total = Outcome(key=key, action="indexed")
+        written: list[str] = []
         chunks = chunk_text(
             extracted.text, size=self.config.chunk_size, overlap=self.config.chunk_overlap, markdown=extracted.markdown
         )
@@ -186,27 +187,41 @@ class Indexer:
             ThreadPoolExecutor(max_workers=1, thread_name_prefix="bulk") as writer,
         ):
             in_flight: deque[Future[tuple[list[ChunkDoc], EmbedResult, int]]] = deque()
-            writing: Future[int] | None = None
+            writing: Future[list[str]] | None = None
 
             def drain_one() -> None:
                 nonlocal writing
                 docs, result, size = in_flight.popleft().result()
                 if writing is not None:
-                    writing.result()  # surfaces a write failure before more work is queued
+                    written.extend(writing.result())  # surfaces a write failure before more is queued
                 writing = writer.submit(self.store.write_chunks, docs)
                 total.chunks += len(docs)
                 total.embedded += size - result.cached
                 total.cached += result.cached
                 total.usage += result.usage
 
+            out_of_time = False
             for window in _windows(chunks, self.config.window):
+                if deadline is not None and time.monotonic() > deadline:
+                    out_of_time = True  # finish what is in flight: its vectors are the retry's cache
+                    break
                 in_flight.append(embedding.submit(self._embed_window, key, seq, event, window))
                 if len(in_flight) > 1:
                     drain_one()
             while in_flight:
                 drain_one()
             if writing is not None:
-                writing.result()
+                written.extend(writing.result())
+        if out_of_time:
+            raise OutOfTime(
+                f"stopped after {total.chunks} chunks ({total.embedded} embedded) to end before the function's "
+                "timeout; the retry resumes: chunks embedded so far come from the index, not DashScope"
+            )
+        if not self.store.custom_ids:
+            # Server-assigned ids make a retried write add copies: drop what an earlier, failed
+            # attempt at this same event left (deterministic ids overwrite it instead). Only now,
+            # after writing: until then its vectors served as the embedding cache.
+            self.store.delete_source(key, only_seq=seq, keep=written)
         state.chunks = total.chunks
         if not self._finish(key, seq, state):
             return total.model_copy(update={"action": "superseded", "reason": "a newer event was applied meanwhile"})
@@ -274,10 +289,17 @@ class _Gone(Exception):
         self.action, self.reason = action, reason
 
 
+class OutOfTime(RagError):
+    """The invocation is about to time out. The record fails cleanly and is retried; whatever was
+    embedded before stopping is written, so the retry takes it from the index and goes further."""
+
+    retryable = True
+
+
 class Unreadable(RagError):
     """The function may not read the object (permissions, Glacier): retried, then dead-lettered."""
 
     retryable = True
 
 
-__all__ = ["Indexer", "IndexerConfig", "Outcome", "StoreError", "Unreadable", "chunk_id"]
+__all__ = ["Indexer", "IndexerConfig", "OutOfTime", "Outcome", "StoreError", "Unreadable", "chunk_id"]

@@ -146,6 +146,11 @@ class Settings(BaseSettings):
     # OpenSearch Serverless only: the queue the indexer sends its delayed sweep messages to
     sweep_queue_url: str | None = None
     sweep_delay_seconds: int = Field(60, ge=0, le=900)  # SQS's DelaySeconds range
+    # A file too big for one invocation stops this long before the function's timeout and is retried
+    stop_before_timeout_seconds: float = Field(60, ge=0)
+    # A failed record comes back after base × 4^(tries-1) seconds, at most max (SQS allows 12 h)
+    retry_base_seconds: int = Field(30, ge=0, le=43200)
+    retry_max_seconds: int = Field(900, ge=0, le=43200)
 
     # Retrieval
     rag_top_k: int = Field(5, ge=0, le=50)

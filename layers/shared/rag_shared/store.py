@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import random
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any, Literal, TypeVar
 from urllib.parse import urlsplit, urlunsplit
@@ -368,8 +368,9 @@ class VectorStore:
         themselves and reject "Document ID is not supported in create/index operation request"."""
         return not self.serverless
 
-    def write_chunks(self, docs: Sequence[ChunkDoc]) -> int:
-        """Bulk-index; items that fail transiently are retried alone, with backoff."""
+    def write_chunks(self, docs: Sequence[ChunkDoc]) -> list[str]:
+        """Bulk-index; items that fail transiently are retried alone, with backoff. Returns the ids
+        written (on Serverless, the ones the collection assigned)."""
         return self._bulk(
             [
                 {"_op_type": "index", "_index": self.index, "_source": d.body()}
@@ -378,11 +379,12 @@ class VectorStore:
             ]
         )
 
-    def _bulk(self, actions: list[dict[str, Any]]) -> int:
-        """Send ``actions`` in requests of at most BULK_DOCS / BULK_BYTES. Results are matched to
-        actions by position (server-assigned ids cannot be matched by id); an item that failed
-        transiently, or was never answered because the connection failed, is sent again alone."""
-        done = 0
+    def _bulk(self, actions: list[dict[str, Any]]) -> list[str]:
+        """Send ``actions`` in requests of at most BULK_DOCS / BULK_BYTES; returns the ids done.
+        Results are matched to actions by position (server-assigned ids cannot be matched by id);
+        an item that failed transiently, or was never answered because the connection failed, is
+        sent again alone."""
+        done: list[str] = []
         pending = list(actions)
         for attempt in range(1, self.max_attempts + 1):
             if not pending:
@@ -413,7 +415,7 @@ class VectorStore:
                 ((op, result),) = item.items()
                 status = int(result.get("status", 0))
                 if ok or (op == "delete" and status == 404):  # a delete of what is gone is done
-                    done += 1
+                    done.append(str(result.get("_id", action.get("_id", ""))))
                     continue
                 error = result.get("error")
                 if isinstance(error, dict) and error.get("type") == "index_not_found_exception":
@@ -438,13 +440,13 @@ class VectorStore:
             raise BulkWriteError(f"{len(pending)} bulk items still failing after {self.max_attempts} attempts")
         return done
 
-    def _delete_matching(self, index: str, clauses: list[dict[str, Any]]) -> int:
+    def _delete_matching(self, index: str, query: dict[str, Any]) -> int:
         """Delete by query without ``_delete_by_query``: search the ids, bulk-delete them, repeat
         until a search finds nothing new. What Serverless has not made searchable yet is missed,
         as any query-based delete would miss it."""
         seen: set[str] = set()
         deleted = 0
-        body = {"size": 1000, "_source": False, "query": {"bool": {"filter": clauses}}}
+        body = {"size": 1000, "_source": False, "query": query}
         while True:
             result = self._retry(
                 "find documents to delete",
@@ -454,23 +456,34 @@ class VectorStore:
             if not ids:
                 return deleted
             seen.update(ids)
-            deleted += self._bulk([{"_op_type": "delete", "_index": index, "_id": i} for i in ids])
+            deleted += len(self._bulk([{"_op_type": "delete", "_index": index, "_id": i} for i in ids]))
 
-    def delete_source(self, key: str, *, older_than: str | None = None, only_seq: str | None = None) -> int:
-        """Delete chunks of ``key``: all, those written for events before ``older_than``, or one event's."""
+    def delete_source(
+        self,
+        key: str,
+        *,
+        older_than: str | None = None,
+        only_seq: str | None = None,
+        keep: Collection[str] = (),
+    ) -> int:
+        """Delete chunks of ``key``: all, those written for events before ``older_than``, or one
+        event's; never the documents whose ids are in ``keep``."""
         clauses: list[dict[str, Any]] = [{"term": {"source_key": key}}]
         if older_than is not None:
             clauses.append({"range": {"source_seq": {"lt": normalize_sequencer(older_than)}}})
         if only_seq is not None:
             clauses.append({"term": {"source_seq": normalize_sequencer(only_seq)}})
+        query: dict[str, Any] = {"bool": {"filter": clauses}}
+        if keep:
+            query["bool"]["must_not"] = [{"ids": {"values": list(keep)}}]
         if not self.custom_ids:
-            return self._delete_matching(self.index, clauses)
+            return self._delete_matching(self.index, query)
         self.refresh()  # delete-by-query sees only refreshed documents
         result = self._retry(
             "delete by query",
             lambda: self.client.delete_by_query(
                 index=self.index,
-                body={"query": {"bool": {"filter": clauses}}},
+                body={"query": query},
                 params={"conflicts": "proceed", "refresh": "true"},
             ),
         )
