@@ -202,7 +202,7 @@ def emf_metrics(stdout: str) -> dict[str, object]:
     return values
 
 
-def test_poison_record_is_a_batch_item_failure_and_others_succeed(uploader, indexer_env, capsys):
+def test_poison_record_is_a_batch_item_failure_and_others_succeed(uploader, indexer_env, capsys, caplog):
     good = uploader.put("docs/good.txt", "A good document. " * 10)
     event = sqs_event("this is not json", good, {"unexpected": "shape"})
     result = handler.lambda_handler(event, FakeContext())
@@ -212,6 +212,23 @@ def test_poison_record_is_a_batch_item_failure_and_others_succeed(uploader, inde
     assert store_for(indexer_env).count("docs/good.txt") == 1
     metrics = emf_metrics(capsys.readouterr().out)
     assert metrics["RecordsFailed"] == 2.0 and metrics["FilesIndexed"] == 1.0
+    failures = [r.__dict__ for r in caplog.records if r.getMessage().startswith("record failed")]
+    assert [(f["message_id"], f["levelname"], f["tries"]) for f in failures] == [
+        (ids[0], "ERROR", 1),
+        (ids[2], "ERROR", 1),
+    ]
+    assert all(f["error"] == "BadEvent" and f["reason"] and f["retry_in_seconds"] == 30 for f in failures)
+
+
+def test_a_failed_file_is_logged_with_its_key_and_reason(uploader, dashscope, indexer_env, caplog, monkeypatch):
+    monkeypatch.setenv("DASHSCOPE_MAX_RETRIES", "0")
+    handler.reset()
+    dashscope.inject(Fault(status=503, code="ServiceUnavailable"), times=1)
+    with pytest.raises(BatchProcessingError):
+        uploader.run(uploader.put("docs/report.txt", "Quarterly numbers. " * 10))
+    (failure,) = [r for r in caplog.records if r.getMessage().startswith("record failed")]
+    assert failure.levelname == "ERROR" and failure.__dict__["s3_keys"] == ["docs/report.txt"]
+    assert failure.__dict__["error"] and "Quarterly" not in caplog.text
 
 
 def test_a_replayed_event_is_counted_as_ignored(uploader, indexer_env, capsys):

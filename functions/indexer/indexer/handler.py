@@ -157,12 +157,25 @@ def record_handler(record: SQSRecord, lambda_context: LambdaContext | None = Non
     """One SQS message: an S3 notification with one or more object events. Raising fails only it."""
     settings = get_settings()
     deadline = deadline_of(lambda_context, settings.stop_before_timeout_seconds)
+    events: list[ObjectEvent] = []
     try:
-        return [process(e, deadline).model_dump(mode="json") for e in parse_notification(record.body)]
+        events = parse_notification(record.body)
+        return [process(e, deadline).model_dump(mode="json") for e in events]
     except Exception as exc:
         tries = int(record.attributes.approximate_receive_count or 1)
-        _retry_after[record.message_id] = retry_delay(
-            tries, exc, settings.retry_base_seconds, settings.retry_max_seconds
+        delay = retry_delay(tries, exc, settings.retry_base_seconds, settings.retry_max_seconds)
+        _retry_after[record.message_id] = delay
+        # The line to find when a message reaches the dead-letter queue: which file, why, which try.
+        (logger.warning if isinstance(exc, OutOfTime) else logger.error)(
+            "record failed; it will be tried again",
+            extra={
+                "message_id": record.message_id,
+                "s3_keys": [e.key for e in events][:20],
+                "error": type(exc).__name__,
+                "reason": str(exc)[:500],
+                "tries": tries,
+                "retry_in_seconds": delay,
+            },
         )
         raise
 
