@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncGenerator
+from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,6 +25,7 @@ from rag_shared.usage import Usage
 
 from chat.models import ChatRequest
 from chat.rag import DEFAULT_SYSTEM_PROMPT, PromptTooLong, build_prompt
+from chat.telemetry import MetricsSink, MetricUnit, emit_emf
 
 logger = Logger(service="chat")
 
@@ -72,6 +74,17 @@ class Finished:
             "latency_ms": self.latency_ms,
         }
 
+    def figures(self) -> dict[str, tuple[MetricUnit, float]]:
+        """The answer's metrics (see :mod:`chat.telemetry`)."""
+        latency = {f"{k.title().replace('_', '')}Ms": v for k, v in self.latency_ms.items()}
+        return {
+            "ChatCompleted": (MetricUnit.Count, 1),
+            "PromptTokens": (MetricUnit.Count, self.usage.prompt_tokens),
+            "CompletionTokens": (MetricUnit.Count, self.usage.completion_tokens),
+            "EmbeddingTokens": (MetricUnit.Count, self.embedding_usage.prompt_tokens),
+            "EstimatedCostUSD": (MetricUnit.NoUnit, self.usage.cost_usd + self.embedding_usage.cost_usd),
+        } | {name: (MetricUnit.Milliseconds, v) for name, v in latency.items()}
+
 
 ChatEvent = Sources | Notice | Delta | Reasoning | Finished
 
@@ -88,6 +101,7 @@ class ChatDeps:
     embedder: Embedder
     store: VectorStore
     system_prompt: str = DEFAULT_SYSTEM_PROMPT
+    metrics: MetricsSink = emit_emf
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -130,6 +144,18 @@ class ChatService:
         return hits, result.usage
 
     async def stream(self, req: ChatRequest, *, request_id: str = "-") -> AsyncGenerator[ChatEvent]:
+        """One answer as events. A failure, before or during the stream, is counted and re-raised:
+        the app turns it into an HTTP error or an ``error`` event."""
+        async with aclosing(self._answer(req, request_id)) as events:  # closed at once if the caller leaves
+            try:
+                async for ev in events:
+                    yield ev
+            except Exception:
+                model = req.model or self.deps.settings.generator.name
+                self.deps.metrics(model, {"ChatFailed": (MetricUnit.Count, 1)})
+                raise
+
+    async def _answer(self, req: ChatRequest, request_id: str) -> AsyncGenerator[ChatEvent]:
         t0 = time.monotonic()
         model = self.model(req.model)
         settings = self.deps.settings
@@ -203,6 +229,7 @@ class ChatService:
                         "chat completed",
                         extra={"request_id": request_id, "passages": len(prompt.passages), **done.payload()},
                     )
+                    self.deps.metrics(model.name, done.figures())
                     yield done
                 event = await anext(upstream, None)
         except (GeneratorExit, asyncio.CancelledError):
@@ -217,6 +244,7 @@ class ChatService:
                     "seconds": round(time.monotonic() - t0, 3),
                 },
             )
+            self.deps.metrics(model.name, {"ChatAbandoned": (MetricUnit.Count, 1)})
             raise
         finally:
             await upstream.aclose()

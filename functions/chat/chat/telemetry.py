@@ -1,0 +1,33 @@
+"""Per-answer CloudWatch metrics for the chat function: what each answer cost and how fast it came.
+
+One EMF line per request on stdout, which Lambda sends to CloudWatch Logs, where CloudWatch turns
+it into metrics: no API call on the request path. ``EphemeralMetrics`` keeps no state between
+instances, so concurrent requests (under uvicorn) cannot mix their figures.
+
+Metrics (namespace ``POWERTOOLS_METRICS_NAMESPACE``, dimensions ``service`` and ``model``):
+``ChatCompleted``, ``ChatAbandoned`` (the caller left mid-answer), ``ChatFailed``, ``PromptTokens``,
+``CompletionTokens``, ``EmbeddingTokens``, ``EstimatedCostUSD``, ``RetrievalMs``, ``FirstTokenMs``,
+``TotalMs``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+
+from aws_lambda_powertools.metrics import EphemeralMetrics, MetricUnit
+
+__all__ = ["Figures", "MetricUnit", "MetricsSink", "emit_emf"]
+
+# name -> (unit, value)
+Figures = Mapping[str, tuple[MetricUnit, float]]
+MetricsSink = Callable[[str, Figures], None]  # (model, figures)
+
+
+def emit_emf(model: str, figures: Figures) -> None:
+    """Write ``figures`` as one CloudWatch embedded-metric-format line."""
+    metrics = EphemeralMetrics(namespace=os.environ.get("POWERTOOLS_METRICS_NAMESPACE", "QwenRag"), service="chat")
+    metrics.add_dimension(name="model", value=model)
+    for name, (unit, value) in figures.items():
+        metrics.add_metric(name=name, unit=unit, value=value)
+    metrics.flush_metrics()
