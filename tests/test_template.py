@@ -67,3 +67,13 @@ def test_standby_replicas_reach_the_collection():
     assert passed == {"Ref": "CollectionStandbyReplicas"}
     assert main["Parameters"]["CollectionStandbyReplicas"]["AllowedValues"] == ["ENABLED", "DISABLED"]
     assert nested["Resources"]["Collection"]["Properties"]["StandbyReplicas"] == {"Ref": "StandbyReplicas"}
+
+
+def test_the_chat_failure_alarm_watches_the_metric_the_app_emits():
+    main = load("template.yaml")
+    alarm = main["Resources"]["ChatFailuresAlarm"]["Properties"]
+    env = main["Globals"]["Function"]["Environment"]["Variables"]
+    chat_env = main["Resources"]["ChatFunction"]["Properties"]["Environment"]["Variables"]
+    assert alarm["Namespace"] == env["POWERTOOLS_METRICS_NAMESPACE"]
+    assert alarm["MetricName"] == "ChatFailed"  # the name chat.service emits
+    assert alarm["Dimensions"] == [{"Name": "service", "Value": chat_env["POWERTOOLS_SERVICE_NAME"]}]

@@ -35,12 +35,12 @@ def test_a_completed_answer_records_its_tokens_cost_and_latency(http, indexed, d
     assert figures["FirstTokenMs"] == usage["latency_ms"]["first_token"] and "TotalMs" in figures
 
 
-def test_failures_before_and_during_the_stream_are_counted(http, indexed, dashscope, recorded):
+def test_failures_and_refusals_before_and_during_the_stream_are_counted(http, indexed, dashscope, recorded):
     dashscope.inject(Fault(kind="drop_stream", after_chunks=5, path="/chat/completions"))
     stream(http, ASK)  # an error event mid-stream
     dashscope.inject(Fault(status=400, code="data_inspection_failed", message="inappropriate"))
     assert http.post("/chat/completions/stream", json=ASK).status_code == 400  # before the first token
-    assert [(m, f) for m, f in recorded] == [("qwen-plus", {"ChatFailed": 1}), ("qwen-plus", {"ChatFailed": 1})]
+    assert recorded == [("qwen-plus", {"ChatFailed": 1}), ("qwen-plus", {"ChatRejected": 1})]
 
 
 def test_an_answer_the_caller_left_is_counted_as_abandoned(deps, chat_settings, indexed, dashscope, recorded):
@@ -65,7 +65,8 @@ def test_emf_line_is_what_cloudwatch_extracts(capsys, monkeypatch):
     (line,) = capsys.readouterr().out.strip().splitlines()
     doc = json.loads(line)
     (directive,) = doc["_aws"]["CloudWatchMetrics"]
-    assert directive["Namespace"] == "QwenRagTest" and sorted(directive["Dimensions"][0]) == ["model", "service"]
+    assert directive["Namespace"] == "QwenRagTest"
+    assert sorted(map(sorted, directive["Dimensions"])) == [["model", "service"], ["service"]]  # totals + by model
     assert {m["Name"]: m["Unit"] for m in directive["Metrics"]} == {
         "ChatCompleted": "Count",
         "FirstTokenMs": "Milliseconds",

@@ -150,9 +150,11 @@ class ChatService:
             try:
                 async for ev in events:
                     yield ev
-            except Exception:
+            except Exception as exc:
                 model = req.model or self.deps.settings.generator.name
-                self.deps.metrics(model, {"ChatFailed": (MetricUnit.Count, 1)})
+                # refused for the request's own sake (moderation, unknown model, too long) vs failed
+                outcome = "ChatRejected" if getattr(exc, "status", 500) < 429 else "ChatFailed"
+                self.deps.metrics(model, {outcome: (MetricUnit.Count, 1)})
                 raise
 
     async def _answer(self, req: ChatRequest, request_id: str) -> AsyncGenerator[ChatEvent]:

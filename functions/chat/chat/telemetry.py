@@ -4,8 +4,9 @@ One EMF line per request on stdout, which Lambda sends to CloudWatch Logs, where
 it into metrics: no API call on the request path. ``EphemeralMetrics`` keeps no state between
 instances, so concurrent requests (under uvicorn) cannot mix their figures.
 
-Metrics (namespace ``POWERTOOLS_METRICS_NAMESPACE``, dimensions ``service`` and ``model``):
-``ChatCompleted``, ``ChatAbandoned`` (the caller left mid-answer), ``ChatFailed``, ``PromptTokens``,
+Metrics (namespace ``POWERTOOLS_METRICS_NAMESPACE``, by ``service`` and by ``service`` + ``model``):
+``ChatCompleted``, ``ChatAbandoned`` (the caller left mid-answer), ``ChatRejected`` (moderation, unknown
+model, prompt too long), ``ChatFailed`` (DashScope or OpenSearch failing, throttling), ``PromptTokens``,
 ``CompletionTokens``, ``EmbeddingTokens``, ``EstimatedCostUSD``, ``RetrievalMs``, ``FirstTokenMs``,
 ``TotalMs``.
 """
@@ -27,7 +28,8 @@ MetricsSink = Callable[[str, Figures], None]  # (model, figures)
 def emit_emf(model: str, figures: Figures) -> None:
     """Write ``figures`` as one CloudWatch embedded-metric-format line."""
     metrics = EphemeralMetrics(namespace=os.environ.get("POWERTOOLS_METRICS_NAMESPACE", "QwenRag"), service="chat")
-    metrics.add_dimension(name="model", value=model)
+    # two dimension sets: [service] for totals an alarm can watch, [service, model] for the split
+    metrics.add_dimensions(service="chat", model=model)
     for name, (unit, value) in figures.items():
         metrics.add_metric(name=name, unit=unit, value=value)
     metrics.flush_metrics()
