@@ -69,10 +69,10 @@ def _sweeper(settings: Settings, store: VectorStore) -> Callable[[ObjectEvent], 
     """Delayed sweep messages to the indexing queue (OpenSearch Serverless only)."""
     if store.custom_ids or not settings.sweep_queue_url:
         return None
-    sqs, url, delay = boto3.client("sqs"), settings.sweep_queue_url, settings.sweep_delay_seconds
+    url, delay = settings.sweep_queue_url, settings.sweep_delay_seconds
 
     def send(event: ObjectEvent) -> None:
-        sqs.send_message(QueueUrl=url, MessageBody=sweep_message(event), DelaySeconds=delay)
+        _sqs().send_message(QueueUrl=url, MessageBody=sweep_message(event), DelaySeconds=delay)
 
     return send
 
