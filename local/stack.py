@@ -67,6 +67,10 @@ class LocalStack:
             POWERTOOLS_METRICS_DISABLED=os.environ.get("POWERTOOLS_METRICS_DISABLED", "true"),
             CHUNK_SIZE_TOKENS=os.environ.get("CHUNK_SIZE_TOKENS", "120"),
             CHUNK_OVERLAP_TOKENS=os.environ.get("CHUNK_OVERLAP_TOKENS", "20"),
+            # a failed file comes back after 5 s, as the local queue's visibility timeout says,
+            # not after the deployed 30 s+ backoff the handler would otherwise set on the message
+            RETRY_BASE_SECONDS=os.environ.get("RETRY_BASE_SECONDS", "5"),
+            RETRY_MAX_SECONDS=os.environ.get("RETRY_MAX_SECONDS", "5"),
         )
 
         moto = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
