@@ -90,7 +90,7 @@ def services(
     mp, dp, op = free_port(), free_port(), free_port()
     ds_args = [
         "-m",
-        "tests.standins.dashscope",
+        "standins.dashscope",
         "--port",
         str(dp),
         "--latency",
@@ -105,7 +105,7 @@ def services(
     with (
         process("-m", "moto.server", "-H", "127.0.0.1", "-p", str(mp), port=mp),
         process(*ds_args, port=dp, env={"STANDIN_API_KEY": API_KEY}),
-        process("-m", "tests.standins.opensearch", "--port", str(op), port=op),
+        process("-m", "standins.opensearch", "--port", str(op), port=op),
     ):
         yield Services(f"http://127.0.0.1:{mp}", f"http://127.0.0.1:{dp}/compatible-mode/v1", f"http://127.0.0.1:{op}")
 

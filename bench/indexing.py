@@ -17,7 +17,7 @@ from rag_shared.secrets import ApiKeyProvider
 from rag_shared.store import ChunkDoc, VectorStore
 
 from bench.harness import Services, environ, row, services
-from tests.corpus import document
+from standins.corpus import document
 
 
 def _indexer(index: str, concurrency: int, s3: Any) -> Indexer:

@@ -19,7 +19,7 @@ def upload(size_mb: int) -> str:
     """In the parent: `size_mb` of unique paragraphs (nothing served from the embedding cache)."""
     import boto3
 
-    from tests.corpus import document
+    from standins.corpus import document
 
     sample = document(100)
     paragraphs = int(size_mb * 1_000_000 / (len(sample) / 100)) + 1

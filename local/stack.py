@@ -99,7 +99,7 @@ class LocalStack:
             key = real_key
             self.say(f"• DashScope: the real service (region {os.environ.get('DASHSCOPE_REGION', 'ap-southeast-1')})")
         else:
-            from tests.standins.dashscope import DashScopeStandIn
+            from standins.dashscope import DashScopeStandIn
 
             key = "sk-local-standin-" + secrets.token_hex(8)
             ds = DashScopeStandIn({key}, chunk_delay=0.04).start()
@@ -120,7 +120,7 @@ class LocalStack:
             self.uses_real_opensearch = True
             self.say(f"• OpenSearch: {os.environ['OPENSEARCH_URL']}")
         else:
-            from tests.standins.opensearch import OpenSearchStandIn
+            from standins.opensearch import OpenSearchStandIn
 
             osi = OpenSearchStandIn().start()
             self._stack.callback(osi.stop)

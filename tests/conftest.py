@@ -21,8 +21,8 @@ from rag_shared.embeddings import Embedder
 from rag_shared.secrets import ApiKeyProvider
 from rag_shared.store import VectorStore, make_client
 
-from tests.standins.dashscope import DashScopeStandIn
-from tests.standins.opensearch import OpenSearchStandIn
+from standins.dashscope import DashScopeStandIn
+from standins.opensearch import OpenSearchStandIn
 
 API_KEY = "sk-standin-test-key-0123456789"
 _ids = itertools.count()

@@ -25,9 +25,9 @@ from rag_shared.store import VectorStore, make_client
 
 from local.servers import AppServer
 from local.sqs_pump import drain
+from standins.dashscope import Fault
+from standins.proxy import FlakyProxy
 from tests.conftest import API_KEY
-from tests.standins.dashscope import Fault
-from tests.standins.proxy import FlakyProxy
 
 MAX_RECEIVES = 3
 CHAT_TOKEN = "fault-matrix-chat-token-0001"

@@ -11,9 +11,9 @@ import httpx
 import openai
 import pytest
 
+from standins.dashscope import Fault
 from tests.chat.conftest import TOKEN
 from tests.sse import read_sse
-from tests.standins.dashscope import Fault
 
 ASK: Any = {"messages": [{"role": "user", "content": "How much are meals reimbursed per day when travelling?"}]}
 

@@ -12,9 +12,9 @@ from chat.app import create_app
 from chat.telemetry import MetricUnit, emit_emf
 
 from local.servers import AppServer
+from standins.dashscope import Fault
 from tests.chat.conftest import TOKEN
 from tests.chat.test_chat_api import ASK, stream
-from tests.standins.dashscope import Fault
 
 
 @pytest.fixture

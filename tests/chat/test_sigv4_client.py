@@ -15,7 +15,7 @@ from chat.settings import ChatSettings
 
 from examples.openai_sigv4 import FunctionUrlAuth, client, region_of
 from local.servers import AppServer
-from tests.standins.function_url import FunctionUrl
+from standins.function_url import FunctionUrl
 
 KEY_ID, SECRET, SESSION_TOKEN = "AKIAEXAMPLECALLER01", "caller-secret-key-abcdefghijklmnop", "session-token-xyz"
 

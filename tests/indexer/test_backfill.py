@@ -4,6 +4,7 @@ import pytest
 from indexer import backfill as bf
 from indexer.handler import get_indexer
 
+from standins.dashscope import fake_embedding
 from tests.indexer.test_handler import store_for
 
 
@@ -30,9 +31,7 @@ def test_backfill_indexes_existing_objects_skips_unchanged_and_prunes(uploader, 
     store.refresh()
     assert store.count("docs/a.md") == 0
     hits = store.search(
-        __import__("tests.standins.dashscope").standins.dashscope.fake_embedding(
-            "Beta document, second version.", 1536
-        ),
+        fake_embedding("Beta document, second version.", 1536),
         1,
     )
     assert hits[0].text == "Beta document, second version."

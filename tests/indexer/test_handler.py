@@ -12,9 +12,9 @@ from indexer import handler
 from rag_shared.config import load_settings
 from rag_shared.store import VectorStore, make_client
 
-from tests.corpus import document, paragraph
+from standins.corpus import document, paragraph
+from standins.dashscope import Fault, fake_embedding
 from tests.events import FakeContext, load, sqs_event
-from tests.standins.dashscope import Fault, fake_embedding
 
 
 def sixty_chunk_doc() -> str:

@@ -17,9 +17,9 @@ from rag_shared.errors import StoreError
 
 from local.lambda_context import FakeContext
 from local.sqs_pump import to_lambda_event
-from tests.corpus import document
+from standins.corpus import document
+from standins.dashscope import Fault
 from tests.indexer.test_handler import store_for
-from tests.standins.dashscope import Fault
 
 
 def test_retry_delay_grows_fourfold_up_to_the_cap_and_is_zero_after_running_out_of_time():

@@ -19,10 +19,10 @@ from rag_shared.config import load_settings
 from rag_shared.store import VectorStore
 
 from local.sqs_pump import drain
+from standins.corpus import document
+from standins.opensearch import OpenSearchStandIn
 from tests.conftest import API_KEY
-from tests.corpus import document
 from tests.indexer.conftest import Uploader
-from tests.standins.opensearch import OpenSearchStandIn
 
 
 @pytest.fixture

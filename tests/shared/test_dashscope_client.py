@@ -17,7 +17,7 @@ from rag_shared.errors import (
 )
 from rag_shared.secrets import ApiKeyProvider
 
-from tests.standins.dashscope import Fault
+from standins.dashscope import Fault
 
 HELLO = [{"role": "user", "content": "hello there"}]
 

@@ -6,7 +6,7 @@ from rag_shared.config import load_catalog
 from rag_shared.embeddings import Embedder, content_hash, plan_batches
 from rag_shared.errors import EmbeddingDimensionError, ThrottledError
 
-from tests.standins.dashscope import Fault, fake_embedding
+from standins.dashscope import Fault, fake_embedding
 
 
 def test_plan_batches_caps_skips_empty_and_dedupes():

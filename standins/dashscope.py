@@ -24,7 +24,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from tests.standins.base import Request, StandInServer
+from standins.base import Request, StandInServer
 
 # Independent of the product's catalog on purpose: a product bug must not be mirrored here.
 EMBED_LIMITS: dict[str, dict[str, Any]] = {

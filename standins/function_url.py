@@ -15,7 +15,7 @@ from urllib.parse import quote
 
 import httpx
 
-from tests.standins.base import Request, StandInServer
+from standins.base import Request, StandInServer
 
 _AUTH = re.compile(
     r"AWS4-HMAC-SHA256 Credential=(?P<key>[^/]+)/(?P<date>\d{8})/(?P<region>[^/]+)/(?P<service>[^/]+)/aws4_request,"

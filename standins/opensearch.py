@@ -22,7 +22,7 @@ from typing import Any, Self
 
 import orjson
 
-from tests.standins.base import Request, StandInServer
+from standins.base import Request, StandInServer
 
 ENGINE_SPACES = {
     "faiss": {"l2", "innerproduct", "cosinesimil"},
