@@ -102,7 +102,11 @@ class LocalStack:
             from standins.dashscope import DashScopeStandIn
 
             key = "sk-local-standin-" + secrets.token_hex(8)
-            ds = DashScopeStandIn({key}, chunk_delay=0.04).start()
+            from rag_shared.config import parse_region
+
+            # the stand-in serves what the configured region serves, as the real one would
+            region = parse_region(os.environ.get("DASHSCOPE_REGION") or "ap-southeast-1").value
+            ds = DashScopeStandIn({key}, chunk_delay=0.04, region=region).start()
             self._stack.callback(ds.stop)
             self._setenv(DASHSCOPE_BASE_URL=ds.base_url)
             self.say(

@@ -26,39 +26,124 @@ from typing import Any
 
 from standins.base import Request, StandInServer
 
+# --- facts from Model Studio's documentation, per region (never from the product's catalog) -------
 # Independent of the product's catalog on purpose: a product bug must not be mirrored here.
+
+# Base-URL hosts of the OpenAI-compatible mode (compatibility-of-openai-with-dashscope, doc-detail/2833609)
+# and the workspace-specific domains {WorkspaceId}.{region}.maas.aliyuncs.com (deepseek-api page, Oct 2026).
+REGION_HOSTS: dict[str, str] = {
+    "dashscope.aliyuncs.com": "cn-beijing",
+    "dashscope-intl.aliyuncs.com": "ap-southeast-1",
+    "dashscope-us.aliyuncs.com": "us-east-1",
+    "cn-hongkong.dashscope.aliyuncs.com": "cn-hongkong",
+}
+_WORKSPACE_HOST = re.compile(r"^[a-z0-9-]+\.(cn-beijing|ap-southeast-1|us-east-1|cn-hongkong)\.maas\.aliyuncs\.com$")
+REGIONS = ("ap-southeast-1", "cn-beijing", "cn-hongkong", "us-east-1")
+
+
+def region_of_host(host: str | None) -> str | None:
+    """The region a documented DashScope host belongs to (port ignored), or None for any other host."""
+    name = (host or "").rsplit(":", 1)[0].lower() if host and not host.startswith("[") else ""
+    if name in REGION_HOSTS:
+        return REGION_HOSTS[name]
+    m = _WORKSPACE_HOST.match(name)
+    return m.group(1) if m else None
+
+
+_V4_DIMS = [2048, 1536, 1024, 768, 512, 256, 128, 64]
+# Batch rows and tokens per row: "Synchronous API details" (text-embedding-synchronous-api), Singapore,
+# Beijing and Hong Kong tables (alibabacloud.com, Mar 2026; help.aliyun.com for v1/v2 and v3's small sizes;
+# the Spanish page of Oct 2026 for qwen3.7-text-embedding).
 EMBED_LIMITS: dict[str, dict[str, Any]] = {
-    "text-embedding-v1": {"batch": 25, "tokens": 2048, "dims": [1536], "default": 1536},
-    "text-embedding-v2": {"batch": 25, "tokens": 2048, "dims": [1536], "default": 1536},
-    "text-embedding-v3": {
-        "batch": 10,
-        "tokens": 8192,
-        "dims": [1024, 768, 512, 256, 128, 64],
-        "default": 1024,
-    },
-    "text-embedding-v4": {
-        "batch": 10,
-        "tokens": 8192,
-        "dims": [2048, 1536, 1024, 768, 512, 256, 128, 64],
-        "default": 1024,
-    },
+    "text-embedding-v1": {"batch": 25, "tokens": 2048, "default": 1536},
+    "text-embedding-v2": {"batch": 25, "tokens": 2048, "default": 1536},
+    "text-embedding-v3": {"batch": 10, "tokens": 8192, "default": 1024},
+    "text-embedding-v4": {"batch": 10, "tokens": 8192, "default": 1024},
+    "qwen3.7-text-embedding": {"batch": 20, "tokens": 128000, "default": 1024},
+}
+# Which region serves which embedding model, with which output dimensions (same pages).
+EMBED_REGIONS: dict[str, dict[str, list[int]]] = {
+    "text-embedding-v1": {"cn-beijing": [1536]},  # v1/v2 are listed only for Beijing
+    "text-embedding-v2": {"cn-beijing": [1536]},
+    "text-embedding-v3": {"ap-southeast-1": [1024, 768, 512], "cn-beijing": [1024, 768, 512, 256, 128, 64]},
+    "text-embedding-v4": {"ap-southeast-1": _V4_DIMS, "cn-beijing": _V4_DIMS, "cn-hongkong": _V4_DIMS},
+    "qwen3.7-text-embedding": {"ap-southeast-1": [2560, 2048, 1536, 1024, 768, 512, 256]},
 }
 CHAT_LIMITS = {  # max input tokens, max output tokens, thinking mode
-    "qwen-plus": (129024, 16384, "never"),
-    "qwen-turbo": (1000000, 16384, "never"),
-    "qwen-max": (30720, 8192, "never"),
+    "qwen-plus": (129024, 16384, "optional"),  # hybrid thinking: the deep-thinking page's enable_thinking example
+    "qwen-turbo": (98304, 16384, "optional"),  # qwen-turbo page: input 98,304, output 16,384, context 131,072
+    "qwen-flash": (997000, 32768, "optional"),  # Qwen3 Flash: 1M context, "997K" input, 32K output
+    "qwen-max": (30720, 8192, "never"),  # context 32,768, output 8,192
     "qwen-long": (10000000, 8192, "never"),
-    "qwen3-max": (258048, 65536, "never"),
+    "qwen3-max": (258048, 65536, "never"),  # models page: 256K context, 252K input, 64K output
     "qwen3-235b-a22b": (129024, 16384, "optional"),
     "qwen3-32b": (129024, 16384, "optional"),
-    "deepseek-r1": (57344, 8192, "always"),
+    "deepseek-v3": (98304, 16384, "never"),  # deepseek-api (doc-detail/2868565): 131,072 context
+    "deepseek-r1": (98304, 16384, "always"),
+}
+_GLOBAL = {"ap-southeast-1", "cn-beijing"}
+# A model's page lists the regions that serve it (shared/REFERENCE.md): qwen-turbo's page has Beijing and
+# Singapore tabs; qwen-long and the DeepSeek models are Beijing-only (long-context-qwen-long page; deepseek-api:
+# "applies only to the China (Beijing) region"); qwen-plus, qwen-flash and qwen3-max are in the Global list
+# (US) of the compatible-mode page; Hong Kong serves qwen-plus and qwen3-max through its own endpoint.
+CHAT_REGIONS: dict[str, set[str]] = {
+    "qwen-plus": _GLOBAL | {"us-east-1", "cn-hongkong"},
+    "qwen-turbo": set(_GLOBAL),
+    "qwen-flash": _GLOBAL | {"us-east-1"},
+    "qwen-max": set(_GLOBAL),
+    "qwen-long": {"cn-beijing"},
+    "qwen3-max": _GLOBAL | {"us-east-1", "cn-hongkong"},
+    "qwen3-235b-a22b": set(_GLOBAL),
+    "qwen3-32b": set(_GLOBAL),
+    "deepseek-v3": {"cn-beijing"},
+    "deepseek-r1": {"cn-beijing"},
 }
 MODERATION_TRIGGER = "FORBIDDEN-TOPIC"
 _WORD = re.compile(r"[\u3400-\u9fff]|[^\W_]+|[^\w\s]")
 
 
+def _qwen_encoding() -> Any:
+    """Qwen's own BPE (the qwen.tiktoken vocabulary the dashscope SDK ships), loaded with tiktoken
+    without importing the SDK (5 s). None when the dev extra is not installed."""
+    try:
+        import base64
+        import importlib.util
+        from pathlib import Path
+
+        import tiktoken
+
+        spec = importlib.util.find_spec("dashscope")
+        if spec is None or not spec.submodule_search_locations:
+            return None
+        vocab = Path(next(iter(spec.submodule_search_locations)), "resources", "qwen.tiktoken")
+        ranks = {
+            base64.b64decode(tok): int(rank)
+            for tok, rank in (line.split() for line in vocab.read_bytes().splitlines() if line)
+        }
+        # the pre-tokenizer pattern of dashscope/tokenizers/qwen_tokenizer.py (PAT_STR)
+        pattern = (
+            r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|"""
+            r"""\s*[\r\n]+|\s+(?!\S)|\s+"""
+        )
+        return tiktoken.Encoding("qwen-standin", pat_str=pattern, mergeable_ranks=ranks, special_tokens={})
+    except Exception:  # any failure falls back to the estimate below
+        return None
+
+
+_ENCODING_LOCK = threading.Lock()
+_ENCODING: list[Any] = []
+
+
 def count_tokens(text: str) -> int:
-    return len(_WORD.findall(text))
+    """Qwen tokens in ``text``: the real BPE when available, else about one per 4 letters of a word,
+    one per CJK character, digit or symbol (Qwen's tokenizer splits digits one by one)."""
+    with _ENCODING_LOCK:
+        if not _ENCODING:
+            _ENCODING.append(_qwen_encoding())
+    enc = _ENCODING[0]
+    if enc is not None:
+        return len(enc.encode_ordinary(text))
+    return sum(-(-len(w) // 4) if w.isalpha() else 1 for w in _WORD.findall(text))
 
 
 def fake_embedding(text: str, dims: int) -> list[float]:
@@ -90,7 +175,7 @@ def error_body(code: str, message: str, etype: str = "invalid_request_error") ->
 class Fault:
     """One injected failure. ``path`` limits it to URLs ending with that suffix."""
 
-    kind: str = "status"  # status | drop | slow | drop_stream
+    kind: str = "status"  # status | drop | slow | drop_stream | stream_error (an error event after after_chunks)
     status: int = 500
     code: str = "InternalError"
     message: str = "An internal error has occured, please try again later."
@@ -109,6 +194,7 @@ class Call:
     workspace: str | None
     stream: bool = False
     started: float = 0.0
+    region: str | None = None
 
 
 @dataclass
@@ -120,7 +206,52 @@ class StandInState:
     streams_abandoned: list[int] = field(default_factory=list)  # frames written before the caller hung up
 
 
-class DashScopeStandIn(StandInServer):
+# --- region, length and in-stream errors (fidelity) ---------------------------------------------------
+
+
+def cut_at_max_tokens(pieces: list[str], max_tokens: Any) -> tuple[list[str], int, str]:
+    """The pieces that fit in ``max_tokens`` (counted as Qwen tokens), their token count, and the
+    finish reason: "length" when the answer was cut, as the real service reports it (the compatible
+    mode returns OpenAI's finish_reason values), else "stop"."""
+    limit = int(max_tokens) if max_tokens else None
+    kept: list[str] = []
+    used = 0
+    for piece in pieces:
+        n = max(1, count_tokens(piece))
+        if limit is not None and used + n > limit:
+            return kept, used, "length"
+        kept.append(piece)
+        used += n
+    return kept, used, "stop"
+
+
+class RegionFacts:
+    """What the region a request was sent to offers. The region comes from the Host header when it is
+    a documented DashScope host (tests may send one to loopback), else from ``self.region``."""
+
+    region: str
+
+    def region_for(self, req: Request) -> str:
+        return region_of_host(req.headers.get("Host")) or self.region
+
+    def embedding_dimensions(self, req: Request, model: Any) -> list[int] | None:
+        """The output sizes ``model`` offers in the request's region; None where it is not served."""
+        return EMBED_REGIONS.get(str(model), {}).get(self.region_for(req))
+
+    def serves_chat(self, req: Request, model: str) -> bool:
+        return self.region_for(req) in CHAT_REGIONS.get(model, set())
+
+    def _stream_error(self, req: Request, fault: Fault) -> None:
+        """An error event inside a stream that already started, then the end of the stream: what DashScope
+        sends when, e.g., output moderation stops an answer mid-way ("Output data may contain inappropriate
+        content", raised while iterating the stream: github.com/666ghj/BettaFish/issues/572). The openai SDK
+        raises APIError with this body for an SSE data line that holds an "error"."""
+        payload = error_body(fault.code, fault.message, fault.code)
+        req.write_chunk(f"data: {json.dumps(payload, ensure_ascii=False)}\n\n".encode())
+        req.end_chunked()
+
+
+class DashScopeStandIn(RegionFacts, StandInServer):
     def __init__(
         self,
         api_keys: set[str] | None = None,
@@ -130,8 +261,12 @@ class DashScopeStandIn(StandInServer):
         rate_limit_per_second: float | None = None,
         context_limit: int | None = None,
         reply: str | None = None,
+        region: str = "ap-southeast-1",
     ) -> None:
         super().__init__()
+        # the region it serves when called on a host that is not a documented DashScope host (loopback)
+        self.region = region
+        count_tokens("")  # load Qwen's vocabulary now (~1 s), not inside the first timed request
         self.api_keys = api_keys or {"sk-standin-test-key"}
         self.latency = latency
         self.chunk_delay = chunk_delay
@@ -183,6 +318,7 @@ class DashScopeStandIn(StandInServer):
                     req.headers.get("X-DashScope-WorkSpace"),
                     stream,
                     time.monotonic(),
+                    self.region_for(req),
                 )
             )
 
@@ -240,7 +376,7 @@ class DashScopeStandIn(StandInServer):
             )
         if req.path.endswith("/embeddings"):
             return self._embeddings(req, body)
-        return self._chat(req, body, fault if fault and fault.kind == "drop_stream" else None)
+        return self._chat(req, body, fault if fault and fault.kind in ("drop_stream", "stream_error") else None)
 
     def _control(self, req: Request) -> None:
         """Counters for benchmarks that run the stand-in in another process."""
@@ -272,7 +408,10 @@ class DashScopeStandIn(StandInServer):
             self._record(req, model, size, status)
             req.send_json(status, error_body(code, message))
 
-        if limits is None:
+        offered = self.embedding_dimensions(req, model)
+        if limits is None and model in CHAT_LIMITS:
+            return bad(404, "model_not_supported", f"The model `{model}` does not support the embeddings endpoint.")
+        if limits is None or offered is None:  # unknown, or not served in the region this host belongs to
             return bad(404, "model_not_found", f"The model `{model}` does not exist or you do not have access to it.")
         if not isinstance(texts, list) or not texts or not all(isinstance(t, str) for t in texts):
             return bad(400, "InvalidParameter", "input must be a string or a non-empty list of strings")
@@ -289,10 +428,10 @@ class DashScopeStandIn(StandInServer):
         if body.get("encoding_format", "float") != "float":
             return bad(400, "InvalidParameter", "encoding_format only supports float")
         dims = body.get("dimensions", limits["default"])
-        if "dimensions" in body and len(limits["dims"]) == 1:
+        if "dimensions" in body and len(offered) == 1:
             return bad(400, "InvalidParameter", f"{model} does not support the dimensions parameter")
-        if dims not in limits["dims"]:
-            return bad(400, "InvalidParameter", f"dimensions must be one of {limits['dims']}")
+        if dims not in offered:
+            return bad(400, "InvalidParameter", f"dimensions must be one of {offered}")
         tokens = sum(count_tokens(t) for t in texts)
         self._record(req, model, size, 200)
         req.send_json(
@@ -339,7 +478,7 @@ class DashScopeStandIn(StandInServer):
             self._record(req, model, len(messages), status, stream)
             req.send_json(status, error_body(code, message))
 
-        if limits is None:
+        if limits is None or not self.serves_chat(req, model):
             return bad(404, "model_not_found", f"The model `{model}` does not exist or you do not have access to it.")
         max_input, max_output, thinking_mode = limits
         if self.context_limit is not None:
@@ -363,14 +502,13 @@ class DashScopeStandIn(StandInServer):
             )
 
         answer = self._answer(messages)
-        pieces = re.findall(r"\s*\S+", answer)
-        if max_tokens:
-            pieces = pieces[: int(max_tokens)]
         reasoning = re.findall(r"\s*\S+", "Let me check the passages I was given.") if thinking else []
+        pieces, answer_tokens, finish_reason = cut_at_max_tokens(re.findall(r"\s*\S+", answer), max_tokens)
+        reasoning_tokens = sum(count_tokens(r) for r in reasoning)
         usage = {
             "prompt_tokens": prompt_tokens,
-            "completion_tokens": len(pieces) + len(reasoning),
-            "total_tokens": prompt_tokens + len(pieces) + len(reasoning),
+            "completion_tokens": answer_tokens + reasoning_tokens,
+            "total_tokens": prompt_tokens + answer_tokens + reasoning_tokens,
         }
         with self.lock:
             self.state.last_usage = usage
@@ -388,7 +526,7 @@ class DashScopeStandIn(StandInServer):
                     "object": "chat.completion",
                     "created": created,
                     "model": model,
-                    "choices": [{"index": 0, "message": message, "finish_reason": "stop"}],
+                    "choices": [{"index": 0, "message": message, "finish_reason": finish_reason}],
                     "usage": usage,
                 },
             )
@@ -407,7 +545,7 @@ class DashScopeStandIn(StandInServer):
         frames = [chunk({"role": "assistant", "content": ""})]
         frames += [chunk({"content": None, "reasoning_content": r}) for r in reasoning]
         frames += [chunk({"content": p}) for p in pieces]
-        frames.append(chunk({"content": ""}, "stop"))
+        frames.append(chunk({"content": ""}, finish_reason))
         if (body.get("stream_options") or {}).get("include_usage"):
             tail: dict[str, Any] = {
                 "id": cid,
@@ -421,6 +559,8 @@ class DashScopeStandIn(StandInServer):
         frames.append(b"data: [DONE]\n\n")
         for n, frame in enumerate(frames):
             if drop is not None and n == drop.after_chunks:
+                if drop.kind == "stream_error":
+                    return self._stream_error(req, drop)
                 req.drop()
             try:
                 req.write_chunk(frame)
@@ -445,6 +585,7 @@ def main() -> None:  # pragma: no cover - used by the local demo
     parser.add_argument("--latency", type=float, default=0.0, help="seconds before each response")
     parser.add_argument("--rate-limit", type=float, default=None, help="requests per second before 429")
     parser.add_argument("--reply", default=None, help="a fixed answer (benchmarks compare equal streams)")
+    parser.add_argument("--region", default="ap-southeast-1", choices=REGIONS, help="the region it serves")
     args = parser.parse_args()
     key = os.environ.get("STANDIN_API_KEY", "sk-standin-local-demo")
     server = DashScopeStandIn(
@@ -453,6 +594,7 @@ def main() -> None:  # pragma: no cover - used by the local demo
         latency=args.latency,
         rate_limit_per_second=args.rate_limit,
         reply=args.reply,
+        region=args.region,
     ).start(args.port)
     print(f"DashScope stand-in on {server.url}/compatible-mode/v1", flush=True)
     threading.Event().wait()

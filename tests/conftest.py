@@ -44,6 +44,7 @@ def dashscope(dashscope_server: DashScopeStandIn) -> DashScopeStandIn:
     dashscope_server.context_limit = None
     dashscope_server.reply = None
     dashscope_server.api_keys = {API_KEY}
+    dashscope_server.region = "ap-southeast-1"
     return dashscope_server
 
 

@@ -226,11 +226,11 @@ def test_models_and_health(http):
     assert {"qwen-plus", "qwen-max", "qwen-turbo"} <= ids
     assert next(m for m in models["data"] if m["id"] == "qwen-plus")["default"] is True
     health = http.get("/health").json()
-    assert health["status"] == "ok" and health["embedding_model"] == "text-embedding-v2"
+    assert health["status"] == "ok" and health["embedding_model"] == "text-embedding-v4"
 
 
 def test_reasoning_events_for_thinking_models(http, dashscope):
-    _, events = stream(http, {**ASK, "model": "deepseek-r1", "use_rag": False})
+    _, events = stream(http, {**ASK, "model": "qwen-plus", "enable_thinking": True, "use_rag": False})
     kinds = [e for e, _, _ in events]
     assert "reasoning" in kinds and "delta" in kinds
     assert kinds.index("reasoning") < kinds.index("delta")

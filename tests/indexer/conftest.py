@@ -19,8 +19,12 @@ def next_seq() -> str:
 
 @pytest.fixture
 def indexer_env(monkeypatch, aws, dashscope, vector_store, index_name):
-    """Configure the deployed handler as the template does: by environment only."""
+    """Configure the deployed handler as the template does: by environment only. These tests are
+    written around text-embedding-v2 (1,536 dimensions, 25 texts per call), which only Beijing serves."""
+    dashscope.region = "cn-beijing"
     env = {
+        "DASHSCOPE_REGION": "cn-beijing",
+        "EMBEDDING_MODEL": "text-embedding-v2",
         "DASHSCOPE_BASE_URL": dashscope.base_url,
         "DASHSCOPE_API_KEY": API_KEY,
         "DASHSCOPE_MAX_RETRIES": "4",

@@ -164,7 +164,8 @@ def test_stream_yields_deltas_before_the_stream_ends_and_reports_usage(client, s
 def test_reasoning_is_kept_apart(client, dashscope):
     from rag_shared.config import load_catalog
 
-    model = load_catalog().generators["deepseek-r1"]
+    dashscope.region = "cn-beijing"  # deepseek-r1 is served only there
+    model = load_catalog("cn-beijing").generators["deepseek-r1"]
 
     async def run():
         return [ev async for ev in client.stream(HELLO, model, ChatParams())]

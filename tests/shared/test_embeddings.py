@@ -6,7 +6,14 @@ from rag_shared.config import load_catalog
 from rag_shared.embeddings import Embedder, content_hash, plan_batches
 from rag_shared.errors import EmbeddingDimensionError, ThrottledError
 
-from standins.dashscope import Fault, fake_embedding
+from standins.dashscope import DashScopeStandIn, Fault, fake_embedding
+
+
+@pytest.fixture
+def settings(make_settings, dashscope: DashScopeStandIn):
+    """These tests are written around text-embedding-v2 (25 texts per call, 1,536 dimensions): Beijing only."""
+    dashscope.region = "cn-beijing"
+    return make_settings(dashscope_region="cn-beijing", embedding_model="text-embedding-v2")
 
 
 def test_plan_batches_caps_skips_empty_and_dedupes():
@@ -39,7 +46,7 @@ def test_order_preserved_with_empty_texts(embedder):
 
 def test_v3_cap_is_ten_and_oversized_batch_setting_is_capped(client, dashscope, caplog):
     caplog.set_level(logging.WARNING)
-    model = load_catalog().embedders["text-embedding-v3"]
+    model = load_catalog("cn-beijing").embedders["text-embedding-v3"]
     e = Embedder(client, model, 512, batch_size=25)
     assert e.batch_size == 10
     assert "exceeds text-embedding-v3's cap of 10" in caplog.text
@@ -49,7 +56,7 @@ def test_v3_cap_is_ten_and_oversized_batch_setting_is_capped(client, dashscope, 
 
 
 def test_dimension_mismatch_is_an_error(client, dashscope):
-    model = load_catalog().embedders["text-embedding-v2"]
+    model = load_catalog("cn-beijing").embedders["text-embedding-v2"]
     wrong = Embedder(client, model.model_copy(update={"default_dimensions": 1024}), 1024)
     with pytest.raises(EmbeddingDimensionError, match="1536-dimensional"):
         wrong.embed(["hello"])

@@ -7,6 +7,7 @@ with a message naming the variable, instead of failing the first request in some
 from __future__ import annotations
 
 import json
+import os
 from enum import StrEnum
 from functools import cache
 from importlib import resources
@@ -18,23 +19,44 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from rag_shared.errors import ConfigError
 
 
+class PriceTier(BaseModel):
+    """List price (USD per 1K tokens) for prompts up to ``max_input_tokens`` (``None``: any size)."""
+
+    max_input_tokens: PositiveInt | None = None
+    input: float = Field(ge=0)
+    output: float = Field(ge=0)
+
+
 class GeneratorModel(BaseModel):
-    """A chat model: its limits, default sampling parameters and list price."""
+    """A chat model as offered in one region: its limits, default sampling parameters and list price."""
 
     name: str
     context_window: PositiveInt
+    max_input_tokens: PositiveInt | None = None
     max_output_tokens: PositiveInt
     temperature: float = Field(0.7, ge=0, lt=2)
     top_p: float = Field(0.8, gt=0, le=1)
     max_tokens: PositiveInt = 2000
+    # the first (cheapest) tier; models priced by prompt size list more tiers in price_tiers
     price_input_per_1k: float = Field(ge=0)
     price_output_per_1k: float = Field(ge=0)
+    price_tiers: list[PriceTier] = Field(default_factory=list)
     # "always": a reasoning model that streams reasoning_content; "optional": Qwen3 with enable_thinking.
     thinking: Literal["never", "optional", "always"] = "never"
+    region: str | None = None
+    source: str = ""
+
+    def prices_for(self, prompt_tokens: int) -> tuple[float, float]:
+        """(input, output) USD per 1K tokens for a prompt of this size: tiered models cost more per token
+        for longer prompts (e.g. qwen3-max above 32K)."""
+        for tier in self.price_tiers:
+            if tier.max_input_tokens is None or prompt_tokens <= tier.max_input_tokens:
+                return tier.input, tier.output
+        return self.price_input_per_1k, self.price_output_per_1k
 
 
 class EmbeddingModel(BaseModel):
-    """An embedding model and the request limits DashScope enforces for it."""
+    """An embedding model as offered in one region and the request limits DashScope enforces for it."""
 
     name: str
     default_dimensions: PositiveInt
@@ -42,13 +64,118 @@ class EmbeddingModel(BaseModel):
     max_batch: PositiveInt
     max_tokens_per_text: PositiveInt
     price_per_1k: float = Field(ge=0)
+    region: str | None = None
+    source: str = ""
 
 
 class Catalog(BaseModel):
+    """The models one region offers (``region``), resolved from the shipped per-region catalog."""
+
     generators: dict[str, GeneratorModel]
     default_generator: str
     embedders: dict[str, EmbeddingModel]
-    default_embedder: str
+    default_embedder: str | None
+    region: str
+
+
+# --- the shipped catalog (all regions) ------------------------------------------------------------
+
+
+class _GeneratorOffer(BaseModel):
+    prices: list[PriceTier] = Field(min_length=1)
+    source: str = ""
+
+
+class _GeneratorSpec(BaseModel):
+    context_window: PositiveInt
+    max_input_tokens: PositiveInt
+    max_output_tokens: PositiveInt
+    thinking: Literal["never", "optional", "always"] = "never"
+    temperature: float = Field(0.7, ge=0, lt=2)
+    top_p: float = Field(0.8, gt=0, le=1)
+    max_tokens: PositiveInt = 2000
+    source: str = Field(min_length=1)
+    regions: dict[str, _GeneratorOffer] = Field(min_length=1)
+
+
+class _EmbedderOffer(BaseModel):
+    dimensions: list[PositiveInt] = Field(min_length=1)
+    price_per_1k: float = Field(ge=0)
+    source: str = ""
+
+
+class _EmbedderSpec(BaseModel):
+    default_dimensions: PositiveInt
+    max_batch: PositiveInt
+    max_tokens_per_text: PositiveInt
+    source: str = Field(min_length=1)
+    regions: dict[str, _EmbedderOffer] = Field(min_length=1)
+
+
+class CatalogSpec(BaseModel):
+    """Every model the catalog knows, with the regions that offer it (``catalog/*.json``)."""
+
+    generators: dict[str, _GeneratorSpec]
+    default_generator: str
+    embedders: dict[str, _EmbedderSpec]
+    default_embedders: dict[str, str]
+
+    def generator_regions(self, name: str) -> list[str]:
+        spec = self.generators.get(name)
+        return sorted(spec.regions) if spec else []
+
+    def embedder_regions(self, name: str) -> list[str]:
+        spec = self.embedders.get(name)
+        return sorted(spec.regions) if spec else []
+
+    def for_region(self, region: str) -> Catalog:
+        generators = {
+            name: _generator(name, spec, region) for name, spec in self.generators.items() if region in spec.regions
+        }
+        embedders = {
+            name: _embedder(name, spec, region) for name, spec in self.embedders.items() if region in spec.regions
+        }
+        return Catalog(
+            generators=generators,
+            default_generator=self.default_generator,
+            embedders=embedders,
+            default_embedder=self.default_embedders.get(region),
+            region=region,
+        )
+
+
+def _generator(name: str, spec: _GeneratorSpec, region: str) -> GeneratorModel:
+    offer = spec.regions[region]
+    first = offer.prices[0]
+    return GeneratorModel(
+        name=name,
+        context_window=spec.context_window,
+        max_input_tokens=spec.max_input_tokens,
+        max_output_tokens=spec.max_output_tokens,
+        temperature=spec.temperature,
+        top_p=spec.top_p,
+        max_tokens=spec.max_tokens,
+        price_input_per_1k=first.input,
+        price_output_per_1k=first.output,
+        price_tiers=offer.prices,
+        thinking=spec.thinking,
+        region=region,
+        source="; ".join(s for s in (spec.source, offer.source) if s),
+    )
+
+
+def _embedder(name: str, spec: _EmbedderSpec, region: str) -> EmbeddingModel:
+    offer = spec.regions[region]
+    return EmbeddingModel(
+        name=name,
+        default_dimensions=spec.default_dimensions,
+        dimensions=offer.dimensions,
+        max_batch=spec.max_batch,
+        max_tokens_per_text=spec.max_tokens_per_text,
+        price_per_1k=offer.price_per_1k,
+        region=region,
+        source="; ".join(s for s in (spec.source, offer.source) if s),
+    )
 
 
 def _read_catalog_file(name: str) -> dict[str, Any]:
@@ -58,16 +185,28 @@ def _read_catalog_file(name: str) -> dict[str, Any]:
 
 
 @cache
-def load_catalog() -> Catalog:
-    """The model catalog shipped in the layer (``rag_shared/catalog/*.json``)."""
+def load_catalog_spec() -> CatalogSpec:
+    """The whole catalog shipped in the layer (``rag_shared/catalog/*.json``), every region."""
     gen = _read_catalog_file("generators.json")
     emb = _read_catalog_file("embedders.json")
-    return Catalog(
-        generators={k: GeneratorModel(name=k, **v) for k, v in gen["models"].items()},
+    return CatalogSpec(
+        generators=gen["models"],
         default_generator=gen["default"],
-        embedders={k: EmbeddingModel(name=k, **v) for k, v in emb["models"].items()},
-        default_embedder=emb["default"],
+        embedders=emb["models"],
+        default_embedders=emb["defaults"],
     )
+
+
+@cache
+def _catalog_for(region: str) -> Catalog:
+    return load_catalog_spec().for_region(region)
+
+
+def load_catalog(region: str | None = None) -> Catalog:
+    """The models offered in ``region`` (default: ``DASHSCOPE_REGION``, as the functions are configured)."""
+    if region is None:
+        region = parse_region(os.environ.get("DASHSCOPE_REGION") or DEFAULT_REGION).value
+    return _catalog_for(str(region))
 
 
 class Region(StrEnum):
@@ -101,6 +240,44 @@ REGION_ALIASES: dict[str, Region] = {
     "hong-kong": Region.HONG_KONG,
 }
 
+DEFAULT_REGION = Region.SINGAPORE
+
+# Workspace-specific domains, recommended over the shared ones in Beijing, Singapore and Hong Kong
+# ("Alibaba Cloud Model Studio has launched workspace-specific domains for the China (Beijing),
+# Singapore and China (Hong Kong) regions ... We recommend migrating", anthropic-api-messages page,
+# Oct 2026; the OpenAI-compatible base URL is https://{WorkspaceId}.{region}.maas.aliyuncs.com/compatible-mode/v1,
+# deepseek-api page, Oct 2026). US (Virginia) keeps dashscope-us.aliyuncs.com.
+WORKSPACE_DOMAIN_REGIONS = frozenset({Region.BEIJING, Region.SINGAPORE, Region.HONG_KONG})
+
+
+def parse_region(raw: str) -> Region:
+    """A region from its id or a friendly alias (``intl``, ``cn``, ``hk``...)."""
+    value = raw.strip().lower()
+    if value in REGION_ALIASES:
+        return REGION_ALIASES[value]
+    try:
+        return Region(value)
+    except ValueError:
+        known = sorted({r.value for r in Region} | set(REGION_ALIASES))
+        raise ValueError(f"DASHSCOPE_REGION={raw!r} is unknown; use one of {known}") from None
+
+
+def compatible_base_url(region: Region, workspace_id: str | None = None) -> str:
+    """The OpenAI-compatible base URL: the workspace's own domain where Model Studio recommends it."""
+    if workspace_id and region in WORKSPACE_DOMAIN_REGIONS:
+        return f"https://{workspace_id}.{region.value}.maas.aliyuncs.com/compatible-mode/v1"
+    return REGION_BASE_URLS[region]
+
+
+def _not_offered(variable: str, name: str, offered_in: list[str], region: Region, alternative: str | None) -> str:
+    """The start-up error for a model the region does not serve, naming both ways out."""
+    where = ", ".join(offered_in)
+    fixes = [f"{variable}={alternative}"] if alternative else []
+    if len(offered_in) == 1:
+        fixes.append(f"DASHSCOPE_REGION={offered_in[0]}")
+    fix = " or ".join(fixes) if fixes else f"DASHSCOPE_REGION to one of {where}"
+    return f"{name} is offered only in {where}, not in {region.value}; set {fix}"
+
 
 class OpenSearchAuth(StrEnum):
     NONE = "none"
@@ -116,7 +293,8 @@ class Settings(BaseSettings):
     # DashScope
     dashscope_region: str = "ap-southeast-1"
     dashscope_base_url: str | None = None
-    dashscope_workspace_id: str | None = None
+    # with a workspace id, the workspace-specific domain is used where recommended (see compatible_base_url)
+    dashscope_workspace_id: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9-]{0,62}$")
     dashscope_api_key: SecretStr | None = None
     dashscope_secret_arn: str | None = None
     secret_max_age_seconds: int = Field(300, ge=0)
@@ -157,17 +335,36 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _check_consistency(self) -> Self:
-        catalog = load_catalog()
-        self.region  # noqa: B018 - validates DASHSCOPE_REGION
-        if self.chat_model is not None and self.chat_model not in catalog.generators:
+        region = self.region  # validates DASHSCOPE_REGION
+        spec = load_catalog_spec()
+        catalog = load_catalog(region.value)
+        chat = self.chat_model or catalog.default_generator
+        if chat not in spec.generators:
+            raise ValueError(f"CHAT_MODEL={chat!r} is not in the catalog; known: {sorted(spec.generators)}")
+        if chat not in catalog.generators:
+            alternative = catalog.default_generator if catalog.default_generator in catalog.generators else None
+            raise ValueError(_not_offered("CHAT_MODEL", chat, spec.generator_regions(chat), region, alternative))
+        name = self.embedding_model or catalog.default_embedder
+        if name is None:
             raise ValueError(
-                f"CHAT_MODEL={self.chat_model!r} is not in the catalog; known: {sorted(catalog.generators)}"
+                f"no embedding model is documented in {region.value}; set DASHSCOPE_REGION to one of "
+                f"{sorted(spec.default_embedders)} (with a key from that region)"
             )
-        emb = self.embedder
-        if self.embedding_dimensions is not None and self.embedding_dimensions not in emb.dimensions:
+        if name not in spec.embedders:
+            raise ValueError(f"EMBEDDING_MODEL={name!r} is not in the catalog; known: {sorted(spec.embedders)}")
+        if name not in catalog.embedders:
             raise ValueError(
-                f"EMBEDDING_DIMENSIONS={self.embedding_dimensions} is not offered by {emb.name}; "
-                f"choose one of {emb.dimensions}"
+                _not_offered("EMBEDDING_MODEL", name, spec.embedder_regions(name), region, catalog.default_embedder)
+            )
+        emb = catalog.embedders[name]
+        if self.embedding_dimensions is not None and self.embedding_dimensions not in emb.dimensions:
+            elsewhere = [
+                r for r, o in spec.embedders[name].regions.items() if self.embedding_dimensions in o.dimensions
+            ]
+            hint = f" (offered in {', '.join(sorted(elsewhere))})" if elsewhere else ""
+            raise ValueError(
+                f"EMBEDDING_DIMENSIONS={self.embedding_dimensions} is not offered by {emb.name} in "
+                f"{region.value}{hint}; choose one of {emb.dimensions}"
             )
         if self.chunk_overlap_tokens >= self.chunk_size_tokens:
             raise ValueError(
@@ -183,30 +380,28 @@ class Settings(BaseSettings):
 
     @property
     def region(self) -> Region:
-        raw = self.dashscope_region.strip().lower()
-        if raw in REGION_ALIASES:
-            return REGION_ALIASES[raw]
-        try:
-            return Region(raw)
-        except ValueError:
-            known = sorted({r.value for r in Region} | set(REGION_ALIASES))
-            raise ValueError(f"DASHSCOPE_REGION={self.dashscope_region!r} is unknown; use one of {known}") from None
+        return parse_region(self.dashscope_region)
 
     @property
     def base_url(self) -> str:
-        return (self.dashscope_base_url or REGION_BASE_URLS[self.region]).rstrip("/")
+        return (self.dashscope_base_url or compatible_base_url(self.region, self.dashscope_workspace_id)).rstrip("/")
+
+    @property
+    def catalog(self) -> Catalog:
+        """The models offered in the configured region."""
+        return load_catalog(self.region.value)
 
     @property
     def generator(self) -> GeneratorModel:
-        catalog = load_catalog()
+        catalog = self.catalog
         return catalog.generators[self.chat_model or catalog.default_generator]
 
     @property
     def embedder(self) -> EmbeddingModel:
-        catalog = load_catalog()
+        catalog = self.catalog
         name = self.embedding_model or catalog.default_embedder
-        if name not in catalog.embedders:
-            raise ValueError(f"EMBEDDING_MODEL={name!r} is not in the catalog; known: {sorted(catalog.embedders)}")
+        if name is None or name not in catalog.embedders:  # the validator refuses this; kept for type safety
+            raise ValueError(f"EMBEDDING_MODEL={name!r} is not offered in {self.region.value}")
         return catalog.embedders[name]
 
     @property

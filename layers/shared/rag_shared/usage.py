@@ -29,7 +29,8 @@ class Usage(BaseModel):
 
 
 def chat_usage(model: GeneratorModel, prompt_tokens: int, completion_tokens: int) -> Usage:
-    cost = (prompt_tokens * model.price_input_per_1k + completion_tokens * model.price_output_per_1k) / 1000
+    price_in, price_out = model.prices_for(prompt_tokens)  # tiered models cost more for longer prompts
+    cost = (prompt_tokens * price_in + completion_tokens * price_out) / 1000
     return Usage(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens, cost_usd=cost, calls=1)
 
 
