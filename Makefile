@@ -10,13 +10,14 @@ VENV := .venv
 BIN := $(VENV)/bin
 RUN := PATH="$(CURDIR)/$(BIN):$$PATH"
 
-.PHONY: help setup demo serve lint typecheck validate build unit test bench clean
+.PHONY: help setup demo serve lint typecheck validate build unit test bench doctor clean
 
 help:
 	@echo "make demo      set up, start the local stack, index samples/, stream an answer"
 	@echo "make serve     the same, then keep serving on http://127.0.0.1:8080 (Ctrl-C stops)"
 	@echo "make test      lint, types, sam validate --lint, sam build, tests"
 	@echo "make bench     benchmarks (bench/), printing ratios measured side by side"
+	@echo "make doctor    check the configured DashScope and OpenSearch (key, region, models, index)"
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -52,6 +53,9 @@ test: lint typecheck validate build unit
 
 bench: setup build
 	$(RUN) python -m bench
+
+doctor: setup
+	$(RUN) python -m rag_shared.doctor
 
 clean:
 	rm -rf $(VENV) .aws-sam .pytest_cache .mypy_cache .ruff_cache
