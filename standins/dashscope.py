@@ -95,8 +95,9 @@ CHAT_REGIONS: dict[str, set[str]] = {
     "qwen3-max": _GLOBAL | {"us-east-1", "cn-hongkong"},
     "qwen3-235b-a22b": set(_GLOBAL),
     "qwen3-32b": set(_GLOBAL),
-    "deepseek-v3": {"cn-beijing"},
-    "deepseek-r1": {"cn-beijing"},
+    # Beijing-only, then discontinued on 2026-10-10 (help.aliyun.com/document_detail/2868565): served nowhere
+    "deepseek-v3": set(),
+    "deepseek-r1": set(),
 }
 MODERATION_TRIGGER = "FORBIDDEN-TOPIC"
 _WORD = re.compile(r"[\u3400-\u9fff]|[^\W_]+|[^\w\s]")

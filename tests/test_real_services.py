@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from rag_shared.config import Settings, load_settings
+from rag_shared.config import Settings, load_catalog, load_catalog_spec, load_settings
 from rag_shared.dashscope import ChatParams, DashScopeClient, StreamEnd, TextDelta
 from rag_shared.embeddings import Embedder
 from rag_shared.errors import IndexMappingError, InvalidApiKeyError, ModelNotFoundError
@@ -160,7 +160,7 @@ def test_real_dashscope_embeds_in_order_with_the_configured_dimension(real_setti
     texts = [f"passage number {i} about topic {i % 3}" for i in range(30)] + ["  "]
     result = embedder.embed(texts)
     assert result.skipped == [30]
-    assert result.calls == 2  # 30 texts: 25 + 5
+    assert result.calls == -(-30 // real_settings.embedder.max_batch)  # 30 texts at the model's cap per call
     vectors = [v for v in result.vectors if v is not None]
     assert len(vectors) == 30 and all(len(v) == real_settings.dimensions for v in vectors)
     assert result.usage.prompt_tokens > 0
@@ -191,3 +191,44 @@ def test_real_dashscope_errors_map_to_our_classes(real_settings: Settings) -> No
     bad_client = DashScopeClient(bad, ApiKeyProvider.from_settings(bad))
     with pytest.raises(InvalidApiKeyError):
         bad_client.complete([{"role": "user", "content": "hi"}], bad.generator, ChatParams(max_tokens=5))
+
+
+@pytest.mark.real_dashscope
+def test_real_dashscope_serves_what_the_catalog_says_its_region_serves(real_settings: Settings) -> None:
+    """The same facts the stand-in enforces, checked against the real region: every catalog model and
+    dimension is served, the other catalog models are refused there, and a one-token answer is cut
+    with finish_reason "length"."""
+    client = DashScopeClient(real_settings, ApiKeyProvider.from_settings(real_settings), max_retries=2)
+    region = real_settings.region.value
+    spec, catalog = load_catalog_spec(), load_catalog(region)
+    for model in catalog.embedders.values():
+        for dims in model.dimensions:
+            batch = client.embed_batch(["hello"], model, dims)
+            assert len(batch.vectors[0] or []) == dims, (region, model.name, dims)
+    for name in sorted(set(spec.embedders) - set(catalog.embedders)):
+        other = spec.for_region(spec.embedder_regions(name)[0]).embedders[name]
+        with pytest.raises(ModelNotFoundError):
+            client.embed_batch(["hello"], other, other.default_dimensions)
+    hello = [{"role": "user", "content": "Write three sentences about the sea."}]
+    for generator in catalog.generators.values():
+        out = client.complete(hello, generator, ChatParams(max_tokens=1))
+        assert out.finish_reason == "length", (region, generator.name)
+    for name in sorted(set(spec.generators) - set(catalog.generators)):
+        other_gen = spec.for_region(spec.generator_regions(name)[0]).generators[name]
+        with pytest.raises(ModelNotFoundError):
+            client.complete(hello, other_gen, ChatParams(max_tokens=1))
+
+
+@pytest.mark.real_dashscope
+def test_real_dashscope_passes_the_doctors_checks(real_settings: Settings) -> None:
+    from rag_shared.doctor import Doctor, Report
+
+    doctor = Doctor(
+        real_settings,
+        DashScopeClient(real_settings, ApiKeyProvider.from_settings(real_settings), max_retries=2),
+        VectorStore.from_settings(real_settings),  # not called by these two checks
+    )
+    report = Report()
+    doctor.check_dashscope(report)
+    doctor.check_chat(report)
+    assert report.ok and len(report.checks) == 4, report.render()

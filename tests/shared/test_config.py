@@ -36,9 +36,9 @@ CHAT_FACTS = {
     "qwen-max": ({SG, BJ}, 32768, 30720, 8192, "never"),
     "qwen-long": ({BJ}, 10000000, 10000000, 8192, "never"),
     "qwen3-max": ({SG, BJ, US, HK}, 262144, 258048, 65536, "never"),
-    "deepseek-v3": ({BJ}, 131072, 98304, 16384, "never"),
-    "deepseek-r1": ({BJ}, 131072, 98304, 16384, "always"),
 }
+# Beijing-only (deepseek-api page), then discontinued on 2026-10-10 (help.aliyun.com/document_detail/2868565).
+RETIRED = {"deepseek-v3", "deepseek-r1"}
 # qwen3-max is priced by prompt size (international, USD per 1M: <=32K 1.2/6, <=128K 2.4/12, <=252K 3/15).
 QWEN3_MAX_SG_TIERS = [(32768, 1.2, 6.0), (131072, 2.4, 12.0), (None, 3.0, 15.0)]
 
@@ -68,6 +68,16 @@ def test_chat_catalog_matches_the_docs(name):
         assert m.source
     for region in {SG, BJ, HK, US} - regions:
         assert name not in load_catalog(region).generators
+
+
+@pytest.mark.parametrize("name", sorted(RETIRED))
+def test_discontinued_models_are_served_nowhere_and_refused_at_start(name, monkeypatch):
+    assert load_catalog_spec().generator_regions(name) == []
+    assert all(name not in load_catalog(r).generators for r in (SG, BJ, HK, US))
+    monkeypatch.setenv("DASHSCOPE_REGION", BJ)
+    monkeypatch.setenv("CHAT_MODEL", name)
+    with pytest.raises(ConfigError, match=f"{name} was discontinued by Model Studio on 2026-10-10; set CHAT_MODEL="):
+        load_settings()
 
 
 def test_qwen3_max_is_priced_by_prompt_size():

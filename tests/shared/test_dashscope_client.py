@@ -164,11 +164,10 @@ def test_stream_yields_deltas_before_the_stream_ends_and_reports_usage(client, s
 def test_reasoning_is_kept_apart(client, dashscope):
     from rag_shared.config import load_catalog
 
-    dashscope.region = "cn-beijing"  # deepseek-r1 is served only there
-    model = load_catalog("cn-beijing").generators["deepseek-r1"]
+    model = load_catalog().generators["qwen3-32b"]  # hybrid thinking, asked for while streaming
 
     async def run():
-        return [ev async for ev in client.stream(HELLO, model, ChatParams())]
+        return [ev async for ev in client.stream(HELLO, model, ChatParams(enable_thinking=True))]
 
     events = asyncio.run(run())
     reasoning = "".join(e.text for e in events if isinstance(e, ReasoningDelta))

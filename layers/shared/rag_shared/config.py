@@ -86,7 +86,16 @@ class _GeneratorOffer(BaseModel):
     source: str = ""
 
 
+class Retirement(BaseModel):
+    """Model Studio discontinued the model: no region serves it any more."""
+
+    on: str
+    use: str
+    source: str = Field(min_length=1)
+
+
 class _GeneratorSpec(BaseModel):
+    retired: Retirement | None = None
     context_window: PositiveInt
     max_input_tokens: PositiveInt
     max_output_tokens: PositiveInt
@@ -122,7 +131,7 @@ class CatalogSpec(BaseModel):
 
     def generator_regions(self, name: str) -> list[str]:
         spec = self.generators.get(name)
-        return sorted(spec.regions) if spec else []
+        return sorted(spec.regions) if spec and spec.retired is None else []
 
     def embedder_regions(self, name: str) -> list[str]:
         spec = self.embedders.get(name)
@@ -130,7 +139,9 @@ class CatalogSpec(BaseModel):
 
     def for_region(self, region: str) -> Catalog:
         generators = {
-            name: _generator(name, spec, region) for name, spec in self.generators.items() if region in spec.regions
+            name: _generator(name, spec, region)
+            for name, spec in self.generators.items()
+            if region in spec.regions and spec.retired is None
         }
         embedders = {
             name: _embedder(name, spec, region) for name, spec in self.embedders.items() if region in spec.regions
@@ -341,6 +352,12 @@ class Settings(BaseSettings):
         chat = self.chat_model or catalog.default_generator
         if chat not in spec.generators:
             raise ValueError(f"CHAT_MODEL={chat!r} is not in the catalog; known: {sorted(spec.generators)}")
+        retired = spec.generators[chat].retired
+        if retired is not None:
+            raise ValueError(
+                f"{chat} was discontinued by Model Studio on {retired.on}; set CHAT_MODEL={retired.use} "
+                f"(source: {retired.source.split(' ')[0]})"
+            )
         if chat not in catalog.generators:
             alternative = catalog.default_generator if catalog.default_generator in catalog.generators else None
             raise ValueError(_not_offered("CHAT_MODEL", chat, spec.generator_regions(chat), region, alternative))
