@@ -322,7 +322,7 @@ def test_out_of_order_leaves_the_newest_state(world):
     world.run()
     store = world.store()
     assert store.count("docs/b.txt") == 0
-    hits = [h.text for h in store.search([1.0] + [0.0] * 1535, 10)]
+    hits = [h.text for h in store.search([1.0] + [0.0] * (store.dimensions - 1), 10)]
     assert all("First version" not in t for t in hits)
 
 
