@@ -82,8 +82,11 @@ def test_discontinued_models_are_served_nowhere_and_refused_at_start(name, monke
 
 def test_qwen3_max_is_priced_by_prompt_size():
     m = load_catalog(SG).generators["qwen3-max"]
-    tiers = [(t.max_input_tokens, t.input * 1000, t.output * 1000) for t in m.price_tiers]
-    assert tiers == [(a, pytest.approx(b), pytest.approx(c)) for a, b, c in QWEN3_MAX_SG_TIERS]
+    assert len(m.price_tiers) == len(QWEN3_MAX_SG_TIERS)
+    for tier, (up_to, per_m_in, per_m_out) in zip(m.price_tiers, QWEN3_MAX_SG_TIERS, strict=True):
+        assert tier.max_input_tokens == up_to
+        assert tier.input * 1000 == pytest.approx(per_m_in)
+        assert tier.output * 1000 == pytest.approx(per_m_out)
     short, long = chat_usage(m, 1000, 1000), chat_usage(m, 40000, 1000)
     assert short.cost_usd == pytest.approx((1000 * 1.2 + 1000 * 6) / 1e6)
     assert long.cost_usd == pytest.approx((40000 * 2.4 + 1000 * 12) / 1e6)

@@ -99,7 +99,8 @@ def test_a_model_the_catalog_says_the_region_lacks_fails_before_any_call(doctor_
     out = io.StringIO()
 
     def loader() -> Settings:
-        return doctor_settings(chat_model="qwen-long")
+        settings: Settings = doctor_settings(chat_model="qwen-long")
+        return settings
 
     assert main(out=out, settings_loader=loader) == 1
     assert "[FAIL] configuration loads" in out.getvalue() and "DASHSCOPE_REGION=cn-beijing" in out.getvalue()
@@ -138,13 +139,12 @@ def test_an_opensearch_too_old_for_faiss_cosine_fails_the_version_check(doctor_s
         def __getattr__(self, name: str) -> Any:
             return getattr(self._inner, name)
 
-    store = VectorStore(OldDomain(doctor.store.client), settings.opensearch_index, settings.dimensions, engine="faiss")  # type: ignore[arg-type]
+    old_domain: Any = OldDomain(doctor.store.client)
+    store = VectorStore(old_domain, settings.opensearch_index, settings.dimensions, engine="faiss")
     report = Doctor(settings, doctor.dashscope, store).run()
     (bad,) = [c for c in report.checks if not c.ok and "supports the index method" in c.name]
     assert "faiss needs 2.19" in bad.detail and "OPENSEARCH_ENGINE=lucene" in bad.fix
-    lucene = VectorStore(
-        OldDomain(doctor.store.client), settings.opensearch_index, settings.dimensions, engine="lucene"
-    )  # type: ignore[arg-type]
+    lucene = VectorStore(old_domain, settings.opensearch_index, settings.dimensions, engine="lucene")
     assert any(
         c.ok and "supports the index method" in c.name for c in Doctor(settings, doctor.dashscope, lucene).run().checks
     )

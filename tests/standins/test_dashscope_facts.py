@@ -119,7 +119,7 @@ def test_finish_reason_is_length_when_max_tokens_cuts_the_answer(dashscope):
     assert count_tokens(cut.choices[0].message.content or "") <= 3
     whole = client.chat.completions.create(model="qwen-plus", messages=HELLO, max_tokens=500)  # type: ignore[arg-type]
     assert whole.choices[0].finish_reason == "stop"
-    stream = client.chat.completions.create(model="qwen-plus", messages=HELLO, max_tokens=3, stream=True)  # type: ignore[arg-type]
+    stream: Any = client.chat.completions.create(model="qwen-plus", messages=HELLO, max_tokens=3, stream=True)  # type: ignore[arg-type]
     finishes = [ch.choices[0].finish_reason for ch in stream if ch.choices and ch.choices[0].finish_reason]
     assert finishes == ["length"]
 
@@ -133,7 +133,7 @@ def test_an_error_can_arrive_inside_a_stream(dashscope):
             message="Output data may contain inappropriate content.",
         )
     )
-    stream = _sdk(dashscope).chat.completions.create(model="qwen-plus", messages=HELLO, stream=True)  # type: ignore[arg-type]
+    stream: Any = _sdk(dashscope).chat.completions.create(model="qwen-plus", messages=HELLO, stream=True)  # type: ignore[arg-type]
     got: list[str] = []
     with pytest.raises(openai.APIError) as info:
         for chunk in stream:
