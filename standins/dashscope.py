@@ -228,7 +228,12 @@ def cut_at_max_tokens(pieces: list[str], max_tokens: Any) -> tuple[list[str], in
 
 class RegionFacts:
     """What the region a request was sent to offers. The region comes from the Host header when it is
-    a documented DashScope host (tests may send one to loopback), else from ``self.region``."""
+    a documented DashScope host (tests may send one to loopback), else from ``self.region``.
+
+    A model the region does not serve gets what an unknown model gets: 404 ``model_not_found``, "The model
+    `X` does not exist or you do not have access to it." (DashScope's compatible mode, quoted in
+    github.com/AIDotNet/OpenDeepWiki/issues/308); a dimension it lacks, 400 ``InvalidParameter``
+    (Model Studio error-code page: request parameters invalid)."""
 
     region: str
 
