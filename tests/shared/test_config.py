@@ -173,6 +173,19 @@ def test_workspace_id_selects_the_recommended_workspace_domain(region, url):
     assert load_settings(dashscope_region=region, dashscope_workspace_id="ws-123").base_url == url
 
 
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://dashscope.aliyuncs.com/compatible-mode/v1",
+        "https://ws-1.cn-beijing.maas.aliyuncs.com/compatible-mode/v1",
+    ],
+)
+def test_a_base_url_of_another_region_is_refused(url):
+    with pytest.raises(ConfigError, match="DASHSCOPE_BASE_URL is the cn-beijing endpoint but DASHSCOPE_REGION is"):
+        load_settings(dashscope_base_url=url)
+    assert load_settings(dashscope_base_url=url, dashscope_region="cn").base_url == url.rstrip("/")
+
+
 def test_workspace_id_cannot_inject_a_host():
     with pytest.raises(ConfigError, match="DASHSCOPE_WORKSPACE_ID"):
         load_settings(dashscope_workspace_id="evil.example.com/x?")

@@ -70,6 +70,13 @@ def test_a_key_from_another_region_fails_the_key_check(doctor_settings, dashscop
     assert any(line.startswith("[FAIL] chat model") for line in rest)  # not checked without a key
 
 
+def test_no_key_at_all_says_which_variable_to_set(doctor_settings):
+    code, text = run(doctor_settings(dashscope_api_key=None))
+    assert code == 1
+    assert "[FAIL] DashScope key works in ap-southeast-1: No DashScope API key" in text
+    assert "fix: set DASHSCOPE_API_KEY, or DASHSCOPE_SECRET_ARN" in text
+
+
 def test_a_model_the_endpoint_does_not_serve_fails_the_model_check(doctor_settings):
     # configured for Beijing (v2 is valid there) but the endpoint is Singapore's, which lacks v2 and qwen-long
     settings = doctor_settings(

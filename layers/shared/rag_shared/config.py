@@ -280,6 +280,19 @@ def compatible_base_url(region: Region, workspace_id: str | None = None) -> str:
     return REGION_BASE_URLS[region]
 
 
+def region_of_base_url(url: str) -> Region | None:
+    """The region whose documented endpoint ``url`` is (shared or workspace domain), or None for others
+    (a stand-in, a proxy)."""
+    host = url.split("://", 1)[-1].split("/", 1)[0].rsplit(":", 1)[0].lower()
+    for region, base in REGION_BASE_URLS.items():
+        if host == base.split("://", 1)[1].split("/", 1)[0]:
+            return region
+    for region in Region:
+        if host.endswith(f".{region.value}.maas.aliyuncs.com"):
+            return region
+    return None
+
+
 def _not_offered(variable: str, name: str, offered_in: list[str], region: Region, alternative: str | None) -> str:
     """The start-up error for a model the region does not serve, naming both ways out."""
     where = ", ".join(offered_in)
@@ -347,6 +360,12 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _check_consistency(self) -> Self:
         region = self.region  # validates DASHSCOPE_REGION
+        url_region = region_of_base_url(self.dashscope_base_url or "")
+        if url_region is not None and url_region is not region:
+            raise ValueError(
+                f"DASHSCOPE_BASE_URL is the {url_region.value} endpoint but DASHSCOPE_REGION is {region.value}; "
+                f"set DASHSCOPE_REGION={url_region.value} (the catalog and the key follow the region)"
+            )
         spec = load_catalog_spec()
         catalog = load_catalog(region.value)
         chat = self.chat_model or catalog.default_generator

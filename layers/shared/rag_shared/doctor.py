@@ -25,6 +25,7 @@ from rag_shared.errors import (
     InvalidApiKeyError,
     ModelNotFoundError,
     RagError,
+    SecretUnavailableError,
 )
 from rag_shared.secrets import ApiKeyProvider
 from rag_shared.store import VECTOR_FIELD, VectorStore, index_body
@@ -145,6 +146,13 @@ class Doctor:
                     "DASHSCOPE_REGION to the region the key was created in",
                 )
             )
+            return
+        except ConfigError as exc:  # no key configured
+            report.add(Check(key_check, False, exc.message, "set DASHSCOPE_API_KEY, or DASHSCOPE_SECRET_ARN"))
+            return
+        except SecretUnavailableError as exc:
+            fix = "check DASHSCOPE_SECRET_ARN and that this identity may call secretsmanager:GetSecretValue"
+            report.add(Check(key_check, False, exc.message, fix))
             return
         except AccessDeniedError as exc:
             report.add(
