@@ -138,9 +138,10 @@ _ENCODING: list[Any] = []
 def count_tokens(text: str) -> int:
     """Qwen tokens in ``text``: the real BPE when available, else about one per 4 letters of a word,
     one per CJK character, digit or symbol (Qwen's tokenizer splits digits one by one)."""
-    with _ENCODING_LOCK:
-        if not _ENCODING:
-            _ENCODING.append(_qwen_encoding())
+    if not _ENCODING:  # loaded once; the lock only on the first calls, not on every count
+        with _ENCODING_LOCK:
+            if not _ENCODING:
+                _ENCODING.append(_qwen_encoding())
     enc = _ENCODING[0]
     if enc is not None:
         return len(enc.encode_ordinary(text))
