@@ -243,7 +243,6 @@ def index_template(name: str, body: dict[str, Any], *, guard: bool) -> dict[str,
         "index_patterns": [name],
         "priority": TEMPLATE_PRIORITY,
         "template": template,
-        "_meta": {"managed_by": "qwen-rag", "why": "writes to a missing index must not lose its mapping"},
     }
 
 
