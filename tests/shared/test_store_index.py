@@ -110,6 +110,14 @@ def test_choose_engine() -> None:
 
 
 @pytest.mark.parametrize("cluster", [{"version": "7.10.2"}], indirect=True)
+def test_a_domain_in_compatibility_mode_gets_lucene(cluster: OpenSearchStandIn) -> None:
+    """override_main_response_version makes a 2.x domain report 7.10.2: its real version is unknown."""
+    store = _store(cluster)
+    store.ensure_index()
+    assert _engine(cluster) == "lucene"
+
+
+@pytest.mark.parametrize("cluster", [{"version": "7.10.2"}], indirect=True)
 def test_an_elasticsearch_endpoint_is_named(cluster: OpenSearchStandIn, monkeypatch: pytest.MonkeyPatch) -> None:
     store = _store(cluster)
     monkeypatch.setattr(store.client, "info", lambda: {"version": {"number": "7.10.2"}})  # Elasticsearch's answer

@@ -433,7 +433,12 @@ class VectorStore:
                 f"OPENSEARCH_URL answers as {version.get('distribution') or 'Elasticsearch'} "
                 f"{version.get('number')}, not OpenSearch; point it at an OpenSearch 2.x/3.x domain"
             )
-        return choose_engine(parse_version(str(version.get("number", "0.0"))), self.engine, serverless=False)
+        number = parse_version(str(version.get("number", "0.0")))
+        if number[0] == 7:
+            # A domain in compatibility mode reports 7.10.2 whatever it runs: lucene, valid on all 2.4+.
+            log.info("OpenSearch reports version %s (compatibility mode); using lucene", version.get("number"))
+            return "lucene"
+        return choose_engine(number, self.engine, serverless=False)
 
     def _put_template(self, name: str, body: dict[str, Any]) -> None:
         try:
