@@ -4,7 +4,8 @@ No OpenSearch server installs from the reachable registries, so this implements 
 index exists/create/delete/get-mapping (validating a k-NN mapping as the k-NN plugin does),
 ``_bulk`` with per-item results, ``_doc`` get/index, ``_search`` (``knn`` with efficient
 ``filter``, ``term``/``terms``/``prefix``/``bool``/``match_all``, ``collapse``), ``_count``,
-``_delete_by_query`` and ``_refresh``. Like OpenSearch it is near-real-time: searches see only
+``_delete_by_query``, ``_refresh``, ``_settings`` and ``_index_template``. Like OpenSearch it is
+near-real-time: searches see only
 what a refresh (explicit, ``?refresh=true``, or the 1 s interval) has published, while ``GET
 _doc`` is real-time. Scores follow the k-NN documentation's table for each space:
 cosinesimil ``(2 - d) / 2`` with ``d = 1 - cos``; l2 ``1 / (1 + d)``; innerproduct as documented.
@@ -13,7 +14,9 @@ cosinesimil ``(2 - d) / 2`` with ``d = 1 - cos``; l2 ``1 / (1 + d)``; innerprodu
 from __future__ import annotations
 
 import copy
+import fnmatch
 import math
+import re
 import threading
 import time
 from collections import deque
@@ -24,11 +27,108 @@ import orjson
 
 from standins.base import Request, StandInServer
 
-ENGINE_SPACES = {
-    "faiss": {"l2", "innerproduct", "cosinesimil"},
-    "lucene": {"l2", "innerproduct", "cosinesimil"},
+Version = tuple[int, int, int]
+
+# Which k-NN engine/method/space each OpenSearch version accepts at index creation. Source:
+# documentation-website _mappings/supported-field-types/knn-methods-engines.md ("Supported methods"
+# tables): lucene hnsw supports l2 and cosinesimil, innerproduct from 2.13; faiss hnsw supports l2 and
+# innerproduct, cosinesimil only from 2.19; faiss ivf needs training (not modelled); nmslib (deprecated
+# in 2.19) supports l2, innerproduct, cosinesimil, l1, linf. The lucene engine arrived in k-NN 2.2.
+# Creating an nmslib index is blocked from 3.0.0 (k-NN issue #2551, PR #2573; message quoted in
+# mem0ai/mem0#3049). Efficient filtering inside ``knn``: lucene 2.4+, faiss 2.9+ (REFERENCE.md).
+SPACES_SINCE: dict[str, dict[str, Version]] = {
+    "lucene": {"l2": (2, 2, 0), "cosinesimil": (2, 2, 0), "innerproduct": (2, 13, 0)},
+    "faiss": {"l2": (1, 0, 0), "innerproduct": (1, 0, 0), "cosinesimil": (2, 19, 0)},
+    "nmslib": {s: (1, 0, 0) for s in ("l2", "innerproduct", "cosinesimil", "l1", "linf")},
 }
+ENGINE_SINCE: dict[str, Version] = {"lucene": (2, 2, 0), "faiss": (1, 0, 0), "nmslib": (1, 0, 0)}
+NMSLIB_BLOCKED_FROM: Version = (3, 0, 0)
+FILTER_SINCE: dict[str, Version] = {"lucene": (2, 4, 0), "faiss": (2, 9, 0)}
 MAX_DIMENSION = 16000
+# IndexRequest.validate() in OpenSearch core: "id [...] is too long, must be no longer than 512 bytes".
+# A bulk request validates every item first, so one over-long id fails the whole request with 400.
+MAX_ID_BYTES = 512
+# Serverless runs current OpenSearch ("clients must be compatible with OpenSearch 3.x",
+# AWS serverless-overview.md); its method rules are those of that line.
+SERVERLESS_VERSION: Version = (3, 1, 0)
+# Default dynamic date formats (documentation-website _mappings/index.md, "Date detection"):
+# strict_date_optional_time, or yyyy/MM/dd HH:mm:ss Z || yyyy/MM/dd Z.
+_DATE = re.compile(
+    r"^\d{4}-\d{2}-\d{2}(T\d{2}(:\d{2}(:\d{2}(\.\d{1,9})?)?)?(Z|[+-]\d{2}(:?\d{2})?)?)?$"
+    r"|^\d{4}/\d{2}/\d{2}( \d{2}:\d{2}:\d{2})?( [+-]\d{4})?$"
+)
+# Data access policy permissions of OpenSearch Serverless per API (AWS serverless-genref.md, "Supported
+# OpenSearch API operations and permissions"): index templates and aliases are "collection items".
+AOSS_ALL = frozenset(
+    {
+        "aoss:CreateIndex",
+        "aoss:DescribeIndex",
+        "aoss:UpdateIndex",
+        "aoss:DeleteIndex",
+        "aoss:ReadDocument",
+        "aoss:WriteDocument",
+        "aoss:CreateCollectionItems",
+        "aoss:DescribeCollectionItems",
+        "aoss:UpdateCollectionItems",
+        "aoss:DeleteCollectionItems",
+    }
+)
+
+
+def parse_version(number: str) -> Version:
+    major, minor, patch = [*(int(p) for p in re.findall(r"\d+", number)[:3]), 0, 0, 0][:3]
+    return major, minor, patch
+
+
+def dynamic_mapping(value: Any) -> dict[str, Any] | None:
+    """The field OpenSearch adds for an unmapped JSON value (_mappings/index.md, "Dynamic mapping
+    rules"): null adds nothing, true/false boolean, 1 long, 1.5 float, an array maps as its first
+    non-null element (so a vector becomes a plain ``float`` field), an object its own properties,
+    a string ``date`` when it looks like one and otherwise ``text`` with a ``keyword`` subfield."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return {"type": "boolean"}
+    if isinstance(value, int):
+        return {"type": "long"}
+    if isinstance(value, float):
+        return {"type": "float"}
+    if isinstance(value, list):
+        return next((m for m in (dynamic_mapping(v) for v in value) if m is not None), None)
+    if isinstance(value, dict):
+        props = {k: m for k, m in ((k, dynamic_mapping(v)) for k, v in value.items()) if m is not None}
+        return {"properties": props}
+    if isinstance(value, str) and _DATE.match(value):
+        return {"type": "date"}
+    return {"type": "text", "fields": {"keyword": {"type": "keyword", "ignore_above": 256}}}
+
+
+def flat_settings(settings: dict[str, Any], prefix: str = "") -> dict[str, str]:
+    """``{"index": {"knn": true}}`` and ``{"index.knn": true}`` both as ``{"index.knn": "true"}``."""
+    out: dict[str, str] = {}
+    for k, v in settings.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flat_settings(v, f"{key}."))
+        else:
+            out[key] = str(v).lower() if isinstance(v, bool) else str(v)
+    return {(k if k.startswith("index.") else f"index.{k}"): v for k, v in out.items()}
+
+
+def merge_mappings(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """Template mappings under the request's: the create-index request wins field by field."""
+    out = copy.deepcopy(base)
+    for k, v in over.items():
+        if k == "properties" and isinstance(v, dict):
+            props = out.setdefault("properties", {})
+            props.update(copy.deepcopy(v))
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def _pattern_matches(pattern: str, name: str) -> bool:
+    return fnmatch.fnmatchcase(name, pattern)
 
 
 def _err(etype: str, reason: str, index: str | None = None) -> dict[str, Any]:
@@ -113,6 +213,24 @@ class Index:
     live: dict[str, dict[str, Any]] = field(default_factory=dict)
     searchable: dict[str, dict[str, Any]] = field(default_factory=dict)
     seq: int = 0
+    auto_created: bool = False  # by a write to a missing index, not by PUT <index>
+
+    def add_dynamic_fields(self, doc: dict[str, Any]) -> None:
+        """New top-level fields of ``doc`` join the mapping as dynamic mapping would add them."""
+        props = self.mappings.setdefault("properties", {})
+        dynamic = str(self.mappings.get("dynamic", "true")).lower()
+        new = [k for k, v in doc.items() if k not in props and v is not None]
+        if new and dynamic == "strict":  # documentation-website _mappings/mapping-parameters/dynamic.md
+            raise Refused(
+                400,
+                "strict_dynamic_mapping_exception",
+                f"mapping set to strict, dynamic introduction of [{new[0]}] within [_doc] is not allowed",
+            )
+        if dynamic == "false":
+            return
+        for key in new:
+            if (mapped := dynamic_mapping(doc[key])) is not None:
+                props[key] = mapped
 
     def vector_fields(self) -> dict[str, dict[str, Any]]:
         return {k: v for k, v in self.mappings.get("properties", {}).items() if v.get("type") == "knn_vector"}
@@ -121,31 +239,71 @@ class Index:
         self.searchable = dict(self.live)
 
 
+# OpenSearch's names for what it refuses (Elasticsearch's "es_rejected_execution_exception" is not
+# one of them): thread-pool rejections are 429 rejected_execution_exception (REFERENCE.md); a
+# Serverless collection at its OCU limit answers 402 service_quota_exceeded_exception (public issue
+# threads, REFERENCE.md).
+FAULT_TYPES = {
+    429: ("rejected_execution_exception", "rejected execution of coordinating operation"),
+    402: ("service_quota_exceeded_exception", "Collection has reached its OCU limit"),
+    503: ("unavailable", "injected failure"),
+}
+
+
+def _fault(status: int) -> tuple[str, str]:
+    return FAULT_TYPES.get(status, ("unavailable" if status >= 500 else "illegal_argument_exception", "injected"))
+
+
 @dataclass
 class ItemFault:
     status: int = 429
-    etype: str = "es_rejected_execution_exception"
+    etype: str = "rejected_execution_exception"
     reason: str = "rejected execution of coordinating operation"
 
 
 SERVERLESS_NO_ID = "Document ID is not supported in create/index operation request"
+WRITE_BLOCK = "index [{}] blocked by: [FORBIDDEN/8/index write (api)];"
+
+
+@dataclass
+class Template:
+    name: str
+    patterns: list[str]
+    priority: int
+    template: dict[str, Any]
 
 
 class OpenSearchStandIn(StandInServer):
-    """``serverless=True`` behaves as an OpenSearch Serverless vector collection: documents get
-    server-assigned ids (a request that names one is refused, as AOSS refuses it), and ``_refresh``
-    is not exposed (404). ``_delete_by_query`` is refused too: the product must not depend on it."""
+    """``version`` is what ``GET /`` reports and decides which k-NN methods an index may use.
+
+    ``serverless=True`` behaves as an OpenSearch Serverless vector collection (AWS
+    serverless-genref.md, serverless-vector-search.md): documents get server-assigned ids (a request
+    that names one is refused), there is no ``_refresh``, ``_delete_by_query`` or ``GET /``, the lucene
+    engine and IVF are refused, and every request needs the permission the collection's data access
+    policy grants: ``policy`` is that set of ``aoss:*`` permissions (403 otherwise)."""
 
     def __init__(
-        self, *, refresh_interval: float | None = 1.0, serverless: bool = False, realtime: bool = False
+        self,
+        *,
+        refresh_interval: float | None = 1.0,
+        serverless: bool = False,
+        realtime: bool = False,
+        version: str = "2.19.0",
+        policy: frozenset[str] | set[str] = AOSS_ALL,
     ) -> None:
         super().__init__()
         self.serverless = serverless
         self.realtime = realtime  # every write is searchable at once (tests that are not about lag)
+        self.version_number = version
+        self.version = SERVERLESS_VERSION if serverless else parse_version(version)
+        self.policy = frozenset(policy)
         self._next_id = 0
         self.indices: dict[str, Index] = {}
+        self.templates: dict[str, Template] = {}
         self.item_faults: deque[ItemFault] = deque()
         self.request_faults: deque[tuple[int, str | None]] = deque()  # (status, path substring)
+        self.faults_fired: list[tuple[int, str]] = []  # (status, path) of each injected fault answered
+        self.denied: list[tuple[str, str, str]] = []  # Serverless: (permission, method, path) refused
         self.requests: list[tuple[str, str]] = []
         self.bulk_items: list[int] = []  # items per _bulk request
         self.bulk_bytes: list[int] = []  # body size of each _bulk request
@@ -171,8 +329,9 @@ class OpenSearchStandIn(StandInServer):
     # test controls
 
     def fail_items(self, n: int, status: int = 429) -> None:
+        etype, reason = _fault(status)
         with self.lock:
-            self.item_faults.extend(ItemFault(status=status) for _ in range(n))
+            self.item_faults.extend(ItemFault(status, etype, reason) for _ in range(n))
 
     def fail_requests(self, n: int, status: int = 503, path: str | None = None) -> None:
         with self.lock:
@@ -201,9 +360,12 @@ class OpenSearchStandIn(StandInServer):
             for i, (status, sub) in enumerate(self.request_faults):
                 if sub is None or sub in req.path:
                     del self.request_faults[i]
-                    etype = "too_many_requests" if status == 429 else "unavailable"
-                    return req.send_json(status, _err(etype, "injected failure") | {"status": status})
+                    self.faults_fired.append((status, req.path))
+                    etype, reason = _fault(status)
+                    return req.send_json(status, _err(etype, reason) | {"status": status})
         try:
+            if self.serverless:
+                self._authorize(req)
             status, payload = self._route(req)
         except Refused as exc:
             return req.send_json(exc.status, exc.body)
@@ -211,11 +373,48 @@ class OpenSearchStandIn(StandInServer):
             return req.send_empty(status)
         req.send_json(status, payload)
 
+    # Serverless data access policy (AWS serverless-genref.md: the permission each API needs)
+
+    @staticmethod
+    def _permission(method: str, parts: list[str]) -> str:
+        if parts and parts[0] == "_index_template":
+            return {
+                "GET": "aoss:DescribeCollectionItems",
+                "HEAD": "aoss:DescribeCollectionItems",
+                "DELETE": "aoss:DeleteCollectionItems",
+            }.get(method, "aoss:UpdateCollectionItems")
+        if len(parts) == 1:
+            return {"PUT": "aoss:CreateIndex", "DELETE": "aoss:DeleteIndex"}.get(method, "aoss:DescribeIndex")
+        op = parts[-1] if parts[-1].startswith("_") else parts[1] if len(parts) > 1 else ""
+        if op in ("_mapping", "_settings"):
+            return "aoss:DescribeIndex" if method in ("GET", "HEAD") else "aoss:UpdateIndex"
+        if op in ("_search", "_count", "_mget") or (op == "_doc" and method in ("GET", "HEAD")):
+            return "aoss:ReadDocument"
+        return "aoss:WriteDocument"
+
+    def _authorize(self, req: Request) -> None:
+        parts = [p for p in req.path.split("/") if p]
+        if not parts:
+            return
+        needed = self._permission(req.method, parts)
+        if needed not in self.policy:
+            with self.lock:
+                self.denied.append((needed, req.method, req.path))
+            # OpenSearch Serverless' own 403 body, not OpenSearch's security_exception
+            raise Refused(403, "Forbidden", "403 Forbidden")
+
     def _route(self, req: Request) -> tuple[int, Any]:
         parts = [p for p in req.path.split("/") if p]
         m = req.method
         if not parts:
-            return 200, {"version": {"number": "2.19.0", "distribution": "opensearch"}, "tagline": "stand-in"}
+            if self.serverless:  # not among the operations Serverless supports (serverless-genref.md)
+                raise Refused(404, "not_found", f"no handler found for uri [{req.path}] and method [{m}]")
+            return 200, {
+                "version": {"number": self.version_number, "distribution": "opensearch"},
+                "tagline": "The OpenSearch Project: https://opensearch.org/",
+            }
+        if parts[0] == "_index_template" and len(parts) == 2:
+            return self._template(m, parts[1], req.json() if m in ("PUT", "POST") else None)
         if parts[-1] == "_bulk":
             return self._bulk(req, parts[0] if len(parts) == 2 else None)
         name = parts[0]
@@ -238,13 +437,25 @@ class OpenSearchStandIn(StandInServer):
                 for n in names:
                     self._index(n).refresh()
             return 200, {"_shards": {"total": 1, "successful": 1, "failed": 0}}
+        if op == "_doc" and m in ("PUT", "POST"):
+            if self.serverless and len(parts) == 3:
+                raise Refused(400, "illegal_argument_exception", SERVERLESS_NO_ID)
+            self._check_id(parts[2] if len(parts) == 3 else None)
+            with self.lock:
+                if name not in self.indices:
+                    self._auto_create(name)
         idx = self._index(name)
         if op == "_mapping" and m == "GET":
             return 200, {name: {"mappings": idx.mappings}}
+        if op == "_mapping" and m in ("PUT", "POST"):
+            return self._put_mapping(idx, req.json() or {})
+        if op == "_settings":
+            return self._settings(req, idx)
         if op == "_doc" and len(parts) == 3:
             return self._doc(req, idx, parts[2])
         if op == "_doc" and len(parts) == 2 and m == "POST":
             with self.lock:
+                self._writable(idx)
                 doc_id = self._new_id()
                 self._put(idx, doc_id, req.json())
             return 201, {"_index": idx.name, "_id": doc_id, "result": "created"}
@@ -256,8 +467,8 @@ class OpenSearchStandIn(StandInServer):
                 count = sum(1 for i, d in idx.searchable.items() if matches(body.get("query"), d, i))
             return 200, {"count": count}
         if op == "_delete_by_query":
-            if self.serverless:
-                raise Refused(400, "illegal_argument_exception", "stand-in Serverless mode: _delete_by_query refused")
+            if self.serverless:  # not among Serverless' supported operations (serverless-genref.md)
+                raise Refused(404, "not_found", f"no handler found for uri [{req.path}] and method [{m}]")
             return 200, self._delete_by_query(idx, req)
         raise Refused(400, "illegal_argument_exception", f"stand-in does not implement {m} {req.path}")
 
@@ -265,55 +476,176 @@ class OpenSearchStandIn(StandInServer):
         self._next_id += 1
         return f"auto-{self._next_id:012d}"
 
+    @staticmethod
+    def _check_id(doc_id: str | None) -> None:
+        if doc_id is not None and len(doc_id.encode()) > MAX_ID_BYTES:
+            raise Refused(
+                400,
+                "action_request_validation_exception",
+                f"Validation Failed: 1: id [{doc_id}] is too long, must be no longer than {MAX_ID_BYTES} "
+                f"bytes but was: {len(doc_id.encode())};",
+            )
+
     def _index(self, name: str) -> Index:
         idx = self.indices.get(name)
         if idx is None:
             raise Refused(404, "index_not_found_exception", f"no such index [{name}]", name)
         return idx
 
+    # index templates (documentation-website _im-plugin/index-templates.md; API spec indices.put_index_template)
+
+    def _template(self, method: str, name: str, body: Any) -> tuple[int, Any]:
+        with self.lock:
+            if method == "HEAD":
+                return (200 if name in self.templates else 404), None
+            if method == "GET":
+                t = self.templates.get(name)
+                if t is None:
+                    raise Refused(404, "resource_not_found_exception", f"index template matching [{name}] not found")
+                return 200, {"index_templates": [{"name": name, "index_template": self._template_body(t)}]}
+            if method == "DELETE":
+                if self.templates.pop(name, None) is None:
+                    raise Refused(404, "index_template_missing_exception", f"index_template [{name}] missing")
+                return 200, {"acknowledged": True}
+        body = body or {}
+        patterns = body.get("index_patterns")
+        if isinstance(patterns, str):
+            patterns = [patterns]
+        if not patterns:
+            raise Refused(
+                400, "action_request_validation_exception", "Validation Failed: 1: index patterns are missing;"
+            )
+        priority = int(body.get("priority", 0))
+        template = body.get("template") or {}
+        # A template is validated as an index would be: a k-NN mapping it cannot create is refused now.
+        self._validate_index(template.get("settings") or {}, template.get("mappings") or {})
+        with self.lock:
+            for other in self.templates.values():
+                overlap = other.name != name and other.priority == priority
+                if overlap and any(
+                    _pattern_matches(a, b) or _pattern_matches(b, a) for a in patterns for b in other.patterns
+                ):
+                    raise Refused(
+                        400,
+                        "illegal_argument_exception",
+                        f"index template [{name}] has index patterns {patterns} matching patterns from existing "
+                        f"templates [{other.name}] with patterns ({other.name} => {other.patterns}) that have the "
+                        f"same priority [{priority}], multiple index templates may not match during index "
+                        "creation, please use a different priority",
+                    )
+            self.templates[name] = Template(name, list(patterns), priority, copy.deepcopy(template))
+        return 200, {"acknowledged": True}
+
+    @staticmethod
+    def _template_body(t: Template) -> dict[str, Any]:
+        return {"index_patterns": t.patterns, "priority": t.priority, "template": copy.deepcopy(t.template)}
+
+    def _matching_template(self, name: str) -> Template | None:
+        """The highest-priority template whose patterns match ``name`` (only one applies)."""
+        found = [t for t in self.templates.values() if any(_pattern_matches(p, name) for p in t.patterns)]
+        return max(found, key=lambda t: t.priority) if found else None
+
     # index management
 
-    def _create(self, name: str, body: dict[str, Any]) -> tuple[int, Any]:
-        if name in self.indices:
-            raise Refused(400, "resource_already_exists_exception", f"index [{name}/x] already exists", name)
-        settings = body.get("settings", {})
-        flat = settings.get("index", settings)
-        knn_enabled = str(flat.get("knn", settings.get("index.knn", False))).lower() == "true"
-        mappings = body.get("mappings", {})
+    def _validate_method(self, fname: str, spec: dict[str, Any], knn_enabled: bool) -> None:
+        def refuse(reason: str) -> None:
+            raise Refused(400, "mapper_parsing_exception", f"Failed to parse mapping [_doc]: {reason}")
+
+        dim = spec.get("dimension")
+        if not isinstance(dim, int) or not 1 <= dim <= MAX_DIMENSION:
+            refuse(f"Dimension value must be between 1 and {MAX_DIMENSION} for [{fname}]")
+        method = spec.get("method") or {}
+        engine = method.get("engine", "faiss")
+        name = method.get("name", "hnsw")
+        space = method.get("space_type", spec.get("space_type", "l2"))
+        if engine not in SPACES_SINCE:
+            refuse(f"Invalid engine type: {engine}")
+        if self.version < ENGINE_SINCE[engine]:
+            refuse(f"Invalid engine type: {engine}")
+        if engine == "nmslib" and self.version >= NMSLIB_BLOCKED_FROM:
+            refuse(
+                "nmslib engine is deprecated in OpenSearch and cannot be used for new index creation in "
+                "OpenSearch from 3.0.0."
+            )
+        if self.serverless and (engine == "lucene" or name == "ivf"):
+            # AWS serverless-vector-search.md, "Limitations": no Lucene engine, no Faiss IVF/IVFPQ
+            refuse(f"engine [{engine}] with method [{name}] is not supported by vector search collections")
+        if name != "hnsw" and not (engine == "faiss" and name == "ivf"):
+            refuse(f"Invalid method name: {name}")
+        since = SPACES_SINCE[engine].get(space)
+        if since is None or self.version < since:
+            # k-NN AbstractKNNMethod.validate(), wrapped in a ValidationException
+            refuse(
+                f'Validation Failed: 1: "{name}" with "{engine}" configuration does not support space type: "{space}";'
+            )
+        if method and not knn_enabled:
+            raise Refused(
+                400, "illegal_argument_exception", "Cannot set method for knn_vector field when index.knn is false"
+            )
+
+    def _validate_index(self, settings: dict[str, Any], mappings: dict[str, Any]) -> None:
+        knn_enabled = flat_settings(settings).get("index.knn") == "true"
         for fname, spec in mappings.get("properties", {}).items():
-            if spec.get("type") != "knn_vector":
-                continue
-            dim = spec.get("dimension")
-            if not isinstance(dim, int) or not 1 <= dim <= MAX_DIMENSION:
-                raise Refused(
-                    400,
-                    "mapper_parsing_exception",
-                    f"Dimension value must be between 1 and {MAX_DIMENSION} for [{fname}]",
-                )
-            method = spec.get("method") or {}
-            engine = method.get("engine", "faiss")
-            space = method.get("space_type", spec.get("space_type", "l2"))
-            if engine == "nmslib":
-                raise Refused(
-                    400,
-                    "mapper_parsing_exception",
-                    "nmslib engine is deprecated; creating new indices with it is blocked. Use faiss or lucene",
-                )
-            if engine not in ENGINE_SPACES:
-                raise Refused(400, "mapper_parsing_exception", f"Invalid engine type: {engine}")
-            if space not in ENGINE_SPACES[engine]:
-                raise Refused(400, "mapper_parsing_exception", f"Unsupported space type {space} for engine {engine}")
-            if method and method.get("name") != "hnsw" and not (engine == "faiss" and method.get("name") == "ivf"):
-                raise Refused(400, "mapper_parsing_exception", f"Invalid method name: {method.get('name')}")
-            if method and not knn_enabled:
+            if spec.get("type") == "knn_vector":
+                self._validate_method(fname, spec, knn_enabled)
+
+    def _create(self, name: str, body: dict[str, Any], *, auto: bool = False) -> tuple[int, Any]:
+        with self.lock:
+            if name in self.indices:
+                raise Refused(400, "resource_already_exists_exception", f"index [{name}/x] already exists", name)
+            tmpl = self._matching_template(name)
+        base = tmpl.template if tmpl else {}
+        settings = flat_settings(base.get("settings") or {}) | flat_settings(body.get("settings") or {})
+        mappings = merge_mappings(base.get("mappings") or {}, body.get("mappings") or {})
+        self._validate_index(settings, mappings)
+        with self.lock:
+            if name in self.indices:
+                raise Refused(400, "resource_already_exists_exception", f"index [{name}/x] already exists", name)
+            self.indices[name] = Index(name, mappings, settings, auto_created=auto)
+        return 200, {"acknowledged": True, "shards_acknowledged": True, "index": name}
+
+    def _auto_create(self, name: str) -> Index:
+        """What a write to a missing index does (the Bulk API's ``timeout`` covers "automatic index
+        creation"): the matching template's settings and mappings, else dynamic mappings only."""
+        self._create(name, {}, auto=True)
+        return self.indices[name]
+
+    def _put_mapping(self, idx: Index, body: dict[str, Any]) -> tuple[int, Any]:
+        """Fields may be added, never retyped; a knn_vector needs the index's (static) index.knn."""
+        props = idx.mappings.get("properties", {})
+        for fname, spec in body.get("properties", {}).items():
+            old = props.get(fname)
+            if old is not None and old.get("type") != spec.get("type"):
                 raise Refused(
                     400,
                     "illegal_argument_exception",
-                    "Cannot set method for knn_vector field when index.knn is false",
+                    f"mapper [{fname}] cannot be changed from type [{old.get('type')}] to [{spec.get('type')}]",
                 )
+        self._validate_index({k: v for k, v in idx.settings.items()}, {"properties": body.get("properties", {})})
         with self.lock:
-            self.indices[name] = Index(name, mappings, settings)
-        return 200, {"acknowledged": True, "shards_acknowledged": True, "index": name}
+            idx.mappings = merge_mappings(idx.mappings, body)
+        return 200, {"acknowledged": True}
+
+    def _settings(self, req: Request, idx: Index) -> tuple[int, Any]:
+        if req.method == "GET":
+            if req.query.get("flat_settings") == "true":
+                return 200, {idx.name: {"settings": dict(idx.settings)}}
+            nested: dict[str, Any] = {}
+            for key, value in idx.settings.items():
+                node = nested
+                *path, last = key.split(".")
+                for p in path:
+                    node = node.setdefault(p, {})
+                node[last] = value
+            return 200, {idx.name: {"settings": nested}}
+        with self.lock:
+            idx.settings.update(flat_settings(req.json() or {}))
+        return 200, {"acknowledged": True}
+
+    @staticmethod
+    def _writable(idx: Index) -> None:
+        if idx.settings.get("index.blocks.write") == "true":
+            raise Refused(403, "cluster_block_exception", WRITE_BLOCK.format(idx.name), idx.name)
 
     # documents
 
@@ -334,7 +666,9 @@ class OpenSearchStandIn(StandInServer):
                 raise Refused(400, "mapper_parsing_exception", "zero vector is not supported for cosinesimil")
 
     def _put(self, idx: Index, doc_id: str, doc: dict[str, Any]) -> str:
+        self._writable(idx)
         self._validate_doc(idx, doc)
+        idx.add_dynamic_fields(doc)
         created = doc_id not in idx.live
         idx.live[doc_id] = doc
         idx.seq += 1
@@ -373,36 +707,43 @@ class OpenSearchStandIn(StandInServer):
 
     def _bulk(self, req: Request, default_index: str | None) -> tuple[int, Any]:
         lines = [orjson.loads(line) for line in req.body.splitlines() if line.strip()]
-        items: list[dict[str, Any]] = []
+        actions: list[tuple[str, dict[str, Any], dict[str, Any] | None]] = []
         i = 0
+        while i < len(lines):
+            ((op, meta),) = lines[i].items()
+            i += 1
+            source = None
+            if op in ("index", "create", "update"):
+                source = lines[i]
+                i += 1
+            if meta.get("_id") is not None:
+                self._check_id(str(meta["_id"]))  # validated before any item runs: fails the request
+            actions.append((op, meta, source))
+        items: list[dict[str, Any]] = []
         touched: set[str] = set()
         with self.lock:
-            while i < len(lines):
-                ((op, meta),) = lines[i].items()
-                i += 1
-                source = None
-                if op in ("index", "create", "update"):
-                    source = lines[i]
-                    i += 1
-                name = meta.get("_index", default_index)
+            for op, meta, source in actions:
+                name = str(meta.get("_index", default_index))
                 named = meta.get("_id") is not None
                 doc_id = str(meta["_id"]) if named else self._new_id()
                 result: dict[str, Any] = {"_index": name, "_id": doc_id}
                 fault = self.item_faults.popleft() if self.item_faults else None
                 try:
                     if fault:
+                        self.faults_fired.append((fault.status, req.path))
                         raise Refused(fault.status, fault.etype, fault.reason, name)
                     if self.serverless and named and op in ("index", "create"):
                         raise Refused(400, "illegal_argument_exception", SERVERLESS_NO_ID, name)
-                    idx = self._index(name)
-                    touched.add(name)
                     if op == "delete":
+                        idx = self._index(name)
                         found = self._drop(idx, doc_id)
                         result.update(status=200 if found else 404, result="deleted" if found else "not_found")
                     else:
                         assert source is not None
+                        idx = self.indices.get(name) or self._auto_create(name)
                         outcome = self._put(idx, doc_id, source)
                         result.update(status=201 if outcome == "created" else 200, result=outcome)
+                    touched.add(name)
                 except Refused as exc:
                     result.update(status=exc.status, error=exc.body["error"])
                 items.append({op: result})
@@ -437,6 +778,9 @@ class OpenSearchStandIn(StandInServer):
             if space == "cosinesimil" and not any(vec):
                 raise Refused(400, "illegal_argument_exception", "zero vector is not supported for cosinesimil")
             flt = spec.get("filter")
+            engine = (field_spec.get("method") or {}).get("engine", "faiss")
+            if flt is not None and self.version < FILTER_SINCE.get(engine, (99, 0, 0)):
+                raise Refused(400, "illegal_argument_exception", f"Engine [{engine.upper()}] does not support filters")
             for doc_id, doc in docs.items():
                 if fname in doc and matches(flt, doc, doc_id):
                     scored.append((score(space, vec, doc[fname]), doc_id, doc))
@@ -526,8 +870,10 @@ def main() -> None:  # pragma: no cover - used by the local demo
 
     parser = argparse.ArgumentParser(description="OpenSearch k-NN stand-in on loopback")
     parser.add_argument("--port", type=int, default=8802)
+    parser.add_argument("--version", default="2.19.0", help="the OpenSearch version to behave as")
+    parser.add_argument("--serverless", action="store_true", help="behave as a Serverless vector collection")
     args = parser.parse_args()
-    server = OpenSearchStandIn().start(args.port)
+    server = OpenSearchStandIn(version=args.version, serverless=args.serverless).start(args.port)
     print(f"OpenSearch stand-in on {server.url}", flush=True)
     threading.Event().wait()
 

@@ -16,6 +16,7 @@ import os
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from functools import partial
 from typing import Any
 
 import pytest
@@ -24,7 +25,9 @@ from rag_shared.dashscope import ChatParams, DashScopeClient, StreamEnd, TextDel
 from rag_shared.embeddings import Embedder
 from rag_shared.errors import IndexMappingError, InvalidApiKeyError, ModelNotFoundError
 from rag_shared.secrets import ApiKeyProvider
-from rag_shared.store import ChunkDoc, SearchFilter, VectorStore, make_client
+from rag_shared.store import ChunkDoc, SearchFilter, VectorStore, choose_engine, index_body, make_client, parse_version
+
+from standins.opensearch import OpenSearchStandIn
 
 # read at import, before any fixture points these variables at a stand-in
 REAL_OPENSEARCH_URL = os.environ.get("OPENSEARCH_URL")
@@ -101,6 +104,7 @@ def _expected_cosine_score(v: list[float]) -> float:
 def _drop(store: VectorStore) -> None:
     for name in (store.index, store.state_index):
         store.client.indices.delete(index=name, ignore_unavailable=True)
+        store.client.indices.delete_index_template(name=name, params={"ignore": 404})  # ensure_index's
 
 
 @pytest.fixture
@@ -141,6 +145,88 @@ def test_real_cluster_refuses_an_index_of_another_dimension(real_store: VectorSt
     other = VectorStore(real_store.client, real_store.index, DIMS * 2, engine=real_store.engine)
     with pytest.raises(IndexMappingError, match=str(DIMS)):
         other.ensure_index()
+
+
+# The facts the stand-in enforces (tests/standins/test_opensearch_facts.py), checked against the real
+# cluster: where they disagree, the stand-in is wrong and these tests say so.
+
+
+def _real_version(store: VectorStore) -> str:
+    return str(store.client.info()["version"]["number"])
+
+
+def _outcome(fn: Callable[[], Any]) -> tuple[int, str]:
+    """(HTTP status, error type) of a call; (200, "") when it succeeds."""
+    try:
+        fn()
+    except Exception as exc:  # opensearch-py raises per status; compare status and type only
+        return int(getattr(exc, "status_code", 0) or 0), str(getattr(exc, "error", ""))
+    return 200, ""
+
+
+@pytest.mark.real_opensearch
+def test_real_cluster_accepts_the_methods_the_stand_in_accepts_for_its_version(real_store: VectorStore) -> None:
+    if real_store.serverless:
+        pytest.skip("Serverless has no GET /; its method rules are tested against the stand-in")
+    version = _real_version(real_store)
+    stand_in = OpenSearchStandIn(version=version, refresh_interval=None).start()
+    try:
+        local = make_client(load_settings(opensearch_url=stand_in.url))
+        for engine in ("faiss", "lucene"):
+            name = f"{real_store.index}-{engine}"
+            body = index_body(DIMS, engine, serverless=False)
+            real = _outcome(partial(real_store.client.indices.create, index=name, body=body))
+            mine = _outcome(partial(local.indices.create, index=name, body=body))
+            real_store.client.indices.delete(index=name, ignore_unavailable=True)
+            assert real == mine, f"{engine} + cosinesimil on {version}: real {real}, stand-in {mine}"
+    finally:
+        stand_in.stop()
+    real_store.ensure_index()
+    mapping = real_store.client.indices.get_mapping(index=real_store.index)[real_store.index]["mappings"]
+    expected = choose_engine(parse_version(version), real_store.engine, serverless=False)
+    assert mapping["properties"]["embedding"]["method"]["engine"] == expected
+
+
+@pytest.mark.real_opensearch
+def test_real_cluster_auto_creates_with_the_dynamic_mappings_the_stand_in_uses(
+    real_store: VectorStore, opensearch: Any
+) -> None:
+    doc = _docs()[0].body()
+    name = f"{real_store.index}-auto"
+    local = make_client(load_settings(opensearch_url=opensearch.url))
+    got = {}
+    for label, client in (("real", real_store.client), ("stand-in", local)):
+        client.bulk(body=[{"index": {"_index": name}}, doc])
+        props = client.indices.get_mapping(index=name)[name]["mappings"]["properties"]
+        got[label] = {k: props[k] for k in ("embedding", "source_key", "chunk_number", "text")}
+        client.indices.delete(index=name, ignore_unavailable=True)
+    assert got["real"] == got["stand-in"]
+    assert got["real"]["embedding"] == {"type": "float"}  # what a write to a missing index does to k-NN
+
+
+@pytest.mark.real_opensearch
+def test_real_cluster_limits_ids_to_512_bytes(real_store: VectorStore, opensearch: Any) -> None:
+    if real_store.serverless:
+        pytest.skip("Serverless vector collections accept no document ids at all")
+    local = make_client(load_settings(opensearch_url=opensearch.url))
+    for size, ok in ((512, True), (513, False)):
+        for client in (real_store.client, local):
+            body = [{"index": {"_index": real_store.index, "_id": "a" * size}}, {"a": 1}]
+            status, _ = _outcome(partial(client.bulk, body=body))
+            assert (status == 200) is ok
+    real_store.client.indices.delete(index=real_store.index, ignore_unavailable=True)
+
+
+@pytest.mark.real_opensearch
+def test_real_cluster_write_to_a_deleted_chunk_index_keeps_k_nn(real_store: VectorStore) -> None:
+    real_store.ensure_index()
+    real_store.write_chunks(_docs()[:1])
+    if real_store.serverless:
+        pytest.skip("the functions' roles cannot delete a Serverless index (no aoss:DeleteIndex)")
+    real_store.client.indices.delete(index=real_store.index)
+    real_store.write_chunks(_docs()[1:2])  # re-created by the write from the store's template
+    mapping = real_store.client.indices.get_mapping(index=real_store.index)[real_store.index]["mappings"]
+    assert mapping["properties"]["embedding"]["type"] == "knn_vector"
 
 
 # --- DashScope ------------------------------------------------------------------------------------

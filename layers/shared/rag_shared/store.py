@@ -7,6 +7,7 @@ so a replayed or late event can be recognised and ignored.
 
 from __future__ import annotations
 
+import copy
 import logging
 import random
 import time
@@ -30,7 +31,27 @@ T = TypeVar("T")
 
 VECTOR_FIELD = "embedding"
 SPACE = "cosinesimil"
-_RETRY_STATUS = {429, 502, 503, 504}
+# 429 is OpenSearch's rejected_execution_exception (a full thread pool); 402 is OpenSearch Serverless'
+# service_quota_exceeded_exception, a collection at its OCU limit until it scales (REFERENCE.md).
+_RETRY_STATUS = {402, 429, 502, 503, 504}
+# Which engine can do cosinesimil, from which version (documentation-website
+# _mappings/supported-field-types/knn-methods-engines.md): lucene hnsw always (engine since 2.2), faiss
+# hnsw only from 2.19. Efficient filtering inside ``knn``, which search needs: lucene 2.4+, faiss 2.9+.
+FAISS_COSINE_SINCE = (2, 19)
+MIN_VERSION = (2, 4)
+# Serverless vector collections refuse the lucene engine (AWS serverless-vector-search.md, Limitations).
+SERVERLESS_ENGINE = "faiss"
+# A write to a missing index creates it (automatic index creation) from the highest-priority index
+# template matching its name, else with dynamic mappings, where a vector is a plain float array and
+# k-NN is lost. So ensure_index installs a template per index (exact-name pattern, high priority).
+TEMPLATE_PRIORITY = 200
+# The chunk index template leaves the vector field out and sets ``dynamic: strict``; the store's own
+# create request adds the field and ``dynamic: true`` (a create request's mappings override the
+# template's). So a chunk index re-created by a write (after someone deleted it) refuses that write
+# with strict_dynamic_mapping_exception: the store notices, resets the per-source states that describe
+# the lost vectors, and adds the k-NN field to the new index (PUT _mapping; aoss:UpdateIndex on
+# Serverless, where it cannot delete the index). Only mappings, which Serverless fully supports.
+GUARD = "strict"
 BULK_DOCS = 500
 # A 1536-float vector is ~35 KB of JSON, so 500 of them would be ~17 MB: over the 10 MiB request
 # limit (http.max_content_length) of small managed-domain instance types. Keep each request under it.
@@ -147,6 +168,7 @@ def index_body(dimensions: int, engine: str, *, serverless: bool) -> dict[str, A
     return {
         "settings": settings,
         "mappings": {
+            "dynamic": "true",  # overrides the template's guard (see GUARD)
             "properties": {
                 VECTOR_FIELD: {
                     "type": "knn_vector",
@@ -169,8 +191,58 @@ def index_body(dimensions: int, engine: str, *, serverless: bool) -> dict[str, A
                 "source_seq": {"type": "keyword"},
                 "etag": {"type": "keyword"},
                 "version_id": {"type": "keyword"},
-            }
+            },
         },
+    }
+
+
+def parse_version(number: str) -> tuple[int, int]:
+    """``"2.11.1"`` as ``(2, 11)``."""
+    try:
+        major, minor = (int(p) for p in number.split(".")[:2])
+    except ValueError:
+        raise StoreError(f"OpenSearch reported an unreadable version {number!r}") from None
+    return major, minor
+
+
+def choose_engine(version: tuple[int, int] | None, preferred: str, *, serverless: bool) -> str:
+    """The k-NN engine for a new chunk index: the preferred one where the cluster can do cosine
+    similarity with it, else lucene; always faiss on Serverless, which has no lucene engine."""
+    if serverless:
+        return SERVERLESS_ENGINE
+    assert version is not None
+    if version < MIN_VERSION:
+        raise StoreError(
+            f"OpenSearch {version[0]}.{version[1]} is too old: k-NN search with filters needs "
+            f"{MIN_VERSION[0]}.{MIN_VERSION[1]} or later; upgrade the domain"
+        )
+    if preferred == "faiss" and version < FAISS_COSINE_SINCE:
+        log.info("faiss supports cosinesimil from OpenSearch 2.19; using lucene on %d.%d", *version)
+        return "lucene"
+    return preferred
+
+
+def _index_lost(error: dict[str, Any]) -> bool:
+    """A bulk item error saying the index is gone, or was re-created by a write (the template's guard)."""
+    etype, reason = error.get("type"), str(error.get("reason", ""))
+    return etype == "index_not_found_exception" or (
+        etype == "strict_dynamic_mapping_exception" and f"[{VECTOR_FIELD}]" in reason
+    )
+
+
+def index_template(name: str, body: dict[str, Any], *, guard: bool) -> dict[str, Any]:
+    """An index template applying ``body`` to an index called exactly ``name`` whenever it is
+    created, also by a write to a missing index. ``guard`` leaves out the vector field and makes
+    the mapping strict, so such an index refuses documents until the store adopts it."""
+    template = copy.deepcopy(body)
+    if guard:
+        mappings = template.setdefault("mappings", {})
+        mappings["dynamic"] = GUARD
+        mappings.get("properties", {}).pop(VECTOR_FIELD, None)
+    return {
+        "index_patterns": [name],
+        "priority": TEMPLATE_PRIORITY,
+        "template": template,
     }
 
 
@@ -211,8 +283,18 @@ class FastJSONSerializer(JSONSerializer):
             raise SerializationError(s, exc) from None
 
 
-def make_client(settings: Settings, *, credentials: Any = None) -> OpenSearch:
-    """An opensearch-py client for ``OPENSEARCH_URL``: SigV4 in AWS, basic auth or none locally."""
+def pool_size(settings: Settings) -> int:
+    """Connections the store may use at once: the embedder's threads look up the cache, two window
+    threads and the bulk writer run beside the handler's thread (functions/indexer pipeline)."""
+    return settings.embedding_concurrency + 4
+
+
+def make_client(settings: Settings, *, credentials: Any = None, pool_maxsize: int | None = None) -> OpenSearch:
+    """An opensearch-py client for ``OPENSEARCH_URL``: SigV4 in AWS, basic auth or none locally.
+
+    ``pool_maxsize`` (default :func:`pool_size`) sizes urllib3's connection pool: its default holds one
+    connection, so threads writing at once each opened another and urllib3 warned "Connection pool is
+    full, discarding connection" for every one it then dropped."""
     parts = urlsplit(settings.opensearch_url)
     if not parts.scheme or not parts.hostname:
         raise StoreError(f"OPENSEARCH_URL must be a URL like https://host:443, got {settings.opensearch_url!r}")
@@ -228,6 +310,7 @@ def make_client(settings: Settings, *, credentials: Any = None) -> OpenSearch:
         # of vectors (which only shrink to ~40%), to save well under 0.1 s of in-region transfer.
         "http_compress": False,
         "serializer": FastJSONSerializer(),
+        "pool_maxsize": pool_maxsize or pool_size(settings),
     }
     if settings.opensearch_auth is OpenSearchAuth.SIGV4:
         from opensearchpy import AWSV4SignerAuth, RequestsHttpConnection
@@ -307,53 +390,113 @@ class VectorStore:
     # index management
 
     def ensure_index(self) -> None:
-        """Create both indices on first use; refuse an existing chunk index built for another size."""
+        """Make both indices usable before the first write, and refuse a chunk index built for
+        another vector size or similarity. In order: read the version (a domain; Serverless has no
+        ``GET /``) to choose the engine, install the index templates, notice a chunk index that was
+        lost (deleted, or re-created by a write) and reset the per-source states that describe it,
+        create what is missing, and check the mapping. Never deletes an index on Serverless: the
+        data access policy grants no aoss:DeleteIndex."""
         if self._ready:
             return
+        engine = self.engine_for_cluster()
+        chunk_body = index_body(self.dimensions, engine, serverless=self.serverless)
+        self._put_template(self.index, index_template(self.index, chunk_body, guard=True))
+        self._put_template(self.state_index, index_template(self.state_index, STATE_MAPPING, guard=False))
         chunks_exist = self._retry("index exists", lambda: self.client.indices.exists(index=self.index))
         states_exist = self._retry("index exists", lambda: self.client.indices.exists(index=self.state_index))
-        if not chunks_exist and states_exist:
-            # Someone deleted the chunk index: the recorded states describe vectors that are gone, and
-            # would make the backfill skip those files as unchanged. Drop them; the backfill restores all.
-            log.warning(
-                "chunk index %s is missing; resetting %s so a backfill re-indexes", self.index, self.state_index
-            )
-            self._retry("reset states", lambda: self.client.indices.delete(index=self.state_index))
-        for name, body in (
-            (self.index, index_body(self.dimensions, self.engine, serverless=self.serverless)),
-            (self.state_index, STATE_MAPPING),
-        ):
-            exists = self._retry("index exists", lambda n=name: self.client.indices.exists(index=n))  # type: ignore[misc]
-            if not exists:
-                try:
-                    self._create(name, body)
-                    log.info("created index %s", name)
-                except StoreError as exc:
-                    if "resource_already_exists" not in str(exc):  # another instance won the race
-                        raise
+        recreated = chunks_exist and self._guarded()
+        if states_exist and (not chunks_exist or recreated):
+            # The chunk index was deleted (and maybe re-created by a write): the recorded states
+            # describe vectors that are gone, and would make the backfill skip those files as
+            # unchanged. Drop them; the backfill restores all.
+            log.warning("chunk index %s was lost; resetting %s so a backfill re-indexes", self.index, self.state_index)
+            states_exist = self._reset_states()
+        if recreated:  # adopt it: the template gave it every setting and field but the vector
+            mapping = chunk_body["mappings"]
+            body = {"dynamic": mapping["dynamic"], "properties": {VECTOR_FIELD: mapping["properties"][VECTOR_FIELD]}}
+            self._retry("adopt index", lambda: self.client.indices.put_mapping(index=self.index, body=body))
+        if not chunks_exist:
+            self._create(self.index, chunk_body)
+        if not states_exist:
+            self._create(self.state_index, STATE_MAPPING)
         self._check_mapping()
         self._ready = True
 
+    def engine_for_cluster(self) -> str:
+        """The engine a new chunk index gets on this cluster (see :func:`choose_engine`)."""
+        if self.serverless:
+            return choose_engine(None, self.engine, serverless=True)
+        info = self._retry("read version", lambda: self.client.info())
+        version = info.get("version", {}) if isinstance(info, dict) else {}
+        if version.get("distribution") != "opensearch":
+            raise StoreError(
+                f"OPENSEARCH_URL answers as {version.get('distribution') or 'Elasticsearch'} "
+                f"{version.get('number')}, not OpenSearch; point it at an OpenSearch 2.x/3.x domain"
+            )
+        number = parse_version(str(version.get("number", "0.0")))
+        if number[0] == 7:
+            # A domain in compatibility mode reports 7.10.2 whatever it runs: lucene, valid on all 2.4+.
+            log.info("OpenSearch reports version %s (compatibility mode); using lucene", version.get("number"))
+            return "lucene"
+        return choose_engine(number, self.engine, serverless=False)
+
+    def _put_template(self, name: str, body: dict[str, Any]) -> None:
+        try:
+            self._retry("put index template", lambda: self.client.indices.put_index_template(name=name, body=body))
+        except StoreError as exc:
+            raise StoreError(
+                f"{exc}; the store installs index template {name!r} so that a write to a missing index "
+                "cannot create it without its k-NN mapping. Grant the role that (OpenSearch Serverless: "
+                "aoss:CreateCollectionItems and aoss:UpdateCollectionItems; a domain with fine-grained "
+                "access control: indices:admin/index_template/put), or remove a template of the same "
+                f"priority {TEMPLATE_PRIORITY} matching this name"
+            ) from None
+
+    def _guarded(self) -> bool:
+        """Was the chunk index created by a write, from the template's guard, not by this store?"""
+        mapping = self._retry("get mapping", lambda: self.client.indices.get_mapping(index=self.index))
+        for entry in mapping.values():
+            mappings = entry.get("mappings", {})
+            return bool(mappings.get("dynamic") == GUARD and VECTOR_FIELD not in mappings.get("properties", {}))
+        return False
+
+    def _reset_states(self) -> bool:
+        """Forget every per-source state; returns whether the state index still exists."""
+        if not self.serverless:
+            self._retry("reset states", lambda: self.client.indices.delete(index=self.state_index))
+            return False
+        # Serverless: no aoss:DeleteIndex, so delete the records one by one instead.
+        self._delete_matching(self.state_index, {"match_all": {}})
+        return True
+
     def _create(self, name: str, body: dict[str, Any]) -> None:
-        self._retry("create index", lambda: self.client.indices.create(index=name, body=body))
+        try:
+            self._retry("create index", lambda: self.client.indices.create(index=name, body=body))
+            log.info("created index %s", name)
+        except StoreError as exc:
+            if "resource_already_exists" not in str(exc):  # another instance won the race
+                raise
 
     def _check_mapping(self) -> None:
         mapping = self._retry("get mapping", lambda: self.client.indices.get_mapping(index=self.index))
         props = next(iter(mapping.values()))["mappings"].get("properties", {})
         field = props.get(VECTOR_FIELD)
+        where = "in the collection's console or with an admin role" if self.serverless else f"(DELETE /{self.index})"
+        fix = f"set OPENSEARCH_INDEX to a new name, or delete the index {where}; then run the backfill"
         if not field or field.get("type") != "knn_vector":
+            found = f"a {field.get('type')!r} field" if field else "no field"
             raise IndexMappingError(
-                f"index {self.index} exists without a knn_vector field {VECTOR_FIELD!r}; "
-                "set OPENSEARCH_INDEX to a new name or delete the index"
+                f"index {self.index} has {found} {VECTOR_FIELD!r} where a knn_vector is needed (was it created "
+                f"by a write, with dynamic mappings, before this service created it?); {fix}"
             )
         if int(field.get("dimension", 0)) != self.dimensions:
             raise IndexMappingError(
                 f"index {self.index} holds {field.get('dimension')}-dimensional vectors but the embedding model "
-                f"produces {self.dimensions}; set OPENSEARCH_INDEX to a new name (and backfill) or delete the index"
+                f"produces {self.dimensions}; {fix}"
             )
         space = (field.get("method") or {}).get("space_type") or field.get("space_type")
         if space and space != SPACE:
-            raise IndexMappingError(f"index {self.index} uses space {space!r}; this service needs {SPACE!r}")
+            raise IndexMappingError(f"index {self.index} uses space {space!r}; this service needs {SPACE!r}; {fix}")
 
     def refresh(self) -> None:
         """Make recent writes searchable now; Serverless has no refresh API and refreshes itself."""
@@ -418,7 +561,7 @@ class VectorStore:
                     done.append(str(result.get("_id", action.get("_id", ""))))
                     continue
                 error = result.get("error")
-                if isinstance(error, dict) and error.get("type") == "index_not_found_exception":
+                if isinstance(error, dict) and _index_lost(error):
                     index_missing = True  # deleted under a warm container: recreate it, retry the items
                     failed.append(action)
                 elif status in _RETRY_STATUS or status >= 500:
