@@ -56,6 +56,9 @@ def process(*args: str, port: int, env: dict[str, str] | None = None) -> Iterato
         proc.wait(timeout=10)
 
 
+COMMIT_TABLE = "bench-commits"
+
+
 @dataclass
 class Services:
     moto_url: str
@@ -71,6 +74,7 @@ class Services:
             "DASHSCOPE_BASE_URL": self.dashscope_url,
             "DASHSCOPE_API_KEY": API_KEY,
             "OPENSEARCH_URL": self.opensearch_url,
+            "COMMIT_TABLE": COMMIT_TABLE,
             **extra,
         }
 
@@ -107,6 +111,17 @@ def services(
         process(*ds_args, port=dp, env={"STANDIN_API_KEY": API_KEY}),
         process("-m", "standins.opensearch", "--port", str(op), port=op),
     ):
+        import boto3
+        from rag_shared.commits import create_table
+
+        ddb = boto3.client(
+            "dynamodb",
+            endpoint_url=f"http://127.0.0.1:{mp}",
+            region_name="us-east-1",
+            aws_access_key_id="bench",
+            aws_secret_access_key="bench",  # noqa: S106 - moto accepts anything
+        )
+        create_table(ddb, COMMIT_TABLE)  # the indexer's commit table, as the template declares it
         yield Services(f"http://127.0.0.1:{mp}", f"http://127.0.0.1:{dp}/compatible-mode/v1", f"http://127.0.0.1:{op}")
 
 
