@@ -10,7 +10,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 RUN := PATH="$(CURDIR)/$(BIN):$$PATH"
 
-.PHONY: help setup demo serve lint typecheck validate build unit test bench clean
+.PHONY: help setup demo serve lint typecheck validate build unit test soak bench clean
 
 help:
 	@echo "make demo      set up, start the local stack, index samples/, stream an answer"
@@ -49,6 +49,9 @@ unit: setup
 	$(RUN) python -m pytest
 
 test: lint typecheck validate build unit
+
+soak: setup  # many more random indexing schedules than the suite runs (SCHEDULES per store kind)
+	SCHEDULES=$${SCHEDULES:-200} $(RUN) python -m pytest -q -s -x -p no:cacheprovider tests/test_schedules.py | grep -E "schedules run|passed|failed|seed" | tail -3
 
 bench: setup build
 	$(RUN) python -m bench

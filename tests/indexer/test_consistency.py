@@ -302,3 +302,32 @@ def test_a_1024_byte_key_is_indexed_found_and_removed(uploader, indexer_env):
     assert hits and hits[0].source_key == key
     assert uploader.run(uploader.delete(key)) == {"batchItemFailures": []}
     assert consistent(store, key).deleted
+
+
+# --- local sequencers -----------------------------------------------------------------------------
+
+
+def test_the_local_stack_gives_each_event_one_sequencer_and_later_events_larger_ones():
+    """Was: moto's events carry no sequencer, so every local retry looked like a new event."""
+    from local.sequencers import LocalSequencer
+
+    def moto_event(key: str, when: str, etag: str) -> str:
+        obj = {"key": key, "size": 1, "eTag": etag}
+        record = {"eventSource": "aws:s3", "eventTime": when, "eventName": "ObjectCreated:Put"}
+        return json.dumps({"Records": [record | {"s3": {"bucket": {"name": "b"}, "object": obj}}]})
+
+    def sequencer_of(body: str) -> str:
+        return str(json.loads(body)["Records"][0]["s3"]["object"]["sequencer"])
+
+    stamp = LocalSequencer().stamp
+    first = moto_event("docs/a.txt", "2026-11-24T10:00:00.100Z", "e1")
+    second = moto_event("docs/a.txt", "2026-11-24T10:00:00.250Z", "e2")
+    same_ms = moto_event("docs/a.txt", "2026-11-24T10:00:00.250Z", "e3")
+    s2, s1, s3 = sequencer_of(stamp(second)), sequencer_of(stamp(first)), sequencer_of(stamp(same_ms))
+    assert s1 < s2 < s3  # event time orders; a tie in the same millisecond by first sight
+    assert sequencer_of(stamp(first)) == s1 and sequencer_of(stamp(second)) == s2  # a replay: the same one
+    real = json.loads(first)
+    real["Records"][0]["s3"]["object"]["sequencer"] = "0055AED6DCD90281E5"
+    assert stamp(json.dumps(real)) == json.dumps(real)  # a real sequencer is kept
+    assert stamp("not json") == "not json"
+    parse_notification(stamp(first))  # what the indexer receives

@@ -149,6 +149,13 @@ class Indexer:
         commit = self.commits.get(key)
         return commit if commit is not None and commit.sequencer >= seq else None
 
+    def _stale(self, applied: Commit) -> Outcome:
+        """An event already applied (a replay) or older than the commit. Cleanup runs again: it is
+        idempotent, and an earlier try of this event may have failed after writing or committing
+        (leaving chunks no cleanup had seen yet)."""
+        self.store.delete_chunks(applied.key, upto_seq=applied.sequencer, except_version=applied.version)
+        return Outcome(key=applied.key, action="stale", reason=f"already applied event {applied.sequencer}")
+
     def _commit(self, record: Commit) -> bool:
         """Commit ``record``; then clean up what it supersedes, or, having lost, our own chunks."""
         if self.commits.commit(record):
@@ -181,9 +188,7 @@ class Indexer:
     def _upsert(self, event: ObjectEvent, deadline: float | None = None) -> Outcome:
         key, seq = event.key, self._sequencer(event)
         if applied := self._applied(key, seq):
-            if event.token and applied.version != event.token:
-                self.store.delete_chunks(key, version=event.token)  # an obsolete continuation's part
-            return Outcome(key=key, action="stale", reason=f"already applied event {applied.sequencer}")
+            return self._stale(applied)
         try:
             obj = self._get_object(event)
         except _Gone as gone:
@@ -350,7 +355,7 @@ class Indexer:
     def _remove(self, event: ObjectEvent) -> Outcome:
         key, seq = event.key, self._sequencer(event)
         if applied := self._applied(key, seq):
-            return Outcome(key=key, action="stale", reason=f"already applied event {applied.sequencer}")
+            return self._stale(applied)
         removed = self.store.count(key)
         if not self._commit(Commit(key, seq, None, 0, deleted=True)):
             return Outcome(key=key, action="stale", reason="a newer event was applied meanwhile")
