@@ -16,6 +16,7 @@ help:
 	@echo "make demo      set up, start the local stack, index samples/, stream an answer"
 	@echo "make serve     the same, then keep serving on http://127.0.0.1:8080 (Ctrl-C stops)"
 	@echo "make test      lint, types, sam validate --lint, sam build, tests"
+	@echo "make soak      many random indexing schedules (SCHEDULES=200 per store kind), invariants checked"
 	@echo "make bench     benchmarks (bench/), printing ratios measured side by side"
 
 $(BIN)/.installed: pyproject.toml
@@ -51,7 +52,7 @@ unit: setup
 test: lint typecheck validate build unit
 
 soak: setup  # many more random indexing schedules than the suite runs (SCHEDULES per store kind)
-	SCHEDULES=$${SCHEDULES:-200} $(RUN) python -m pytest -q -s -x -p no:cacheprovider tests/test_schedules.py | grep -E "schedules run|passed|failed|seed" | tail -3
+	set -o pipefail; SCHEDULES=$${SCHEDULES:-200} $(RUN) python -m pytest -q -s -x -p no:cacheprovider tests/test_schedules.py | grep -E "^schedules run|[0-9]+ (passed|failed)|AssertionError: seed" | tail -3
 
 bench: setup build
 	$(RUN) python -m bench

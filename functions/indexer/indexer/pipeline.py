@@ -219,6 +219,9 @@ class Indexer:
         )
         out_of_time = self._write(key, seq, token, event, islice(chunks, event.cursor, None), total, deadline)
         if self.store.resets != resets or not self._complete(key, token, event.cursor + total.chunks):
+            if applied := self._applied(key, seq):  # another delivery committed and cleaned up ours
+                self.store.delete_chunks(key, version=token)
+                return total.model_copy(update={"action": "superseded", "reason": f"applied {applied.sequencer}"})
             return self._restart(event, token, "the chunk index was deleted while this file was written")
         if out_of_time:
             return self._continue(event, token, event.cursor + total.chunks, total)
