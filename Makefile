@@ -10,12 +10,13 @@ VENV := .venv
 BIN := $(VENV)/bin
 RUN := PATH="$(CURDIR)/$(BIN):$$PATH"
 
-.PHONY: help setup demo serve lint typecheck validate build unit test bench doctor clean
+.PHONY: help setup demo serve lint typecheck validate build unit test soak bench doctor clean
 
 help:
 	@echo "make demo      set up, start the local stack, index samples/, stream an answer"
 	@echo "make serve     the same, then keep serving on http://127.0.0.1:8080 (Ctrl-C stops)"
 	@echo "make test      lint, types, sam validate --lint, sam build, tests"
+	@echo "make soak      many random indexing schedules (SCHEDULES=200 per store kind), invariants checked"
 	@echo "make bench     benchmarks (bench/), printing ratios measured side by side"
 	@echo "make doctor    check the configured DashScope and OpenSearch (key, region, models, index)"
 
@@ -50,6 +51,9 @@ unit: setup
 	$(RUN) python -m pytest
 
 test: lint typecheck validate build unit
+
+soak: setup  # many more random indexing schedules than the suite runs (SCHEDULES per store kind)
+	set -o pipefail; SCHEDULES=$${SCHEDULES:-200} $(RUN) python -m pytest -q -s -x -p no:cacheprovider tests/test_schedules.py | grep -E "^schedules run|[0-9]+ (passed|failed)|AssertionError: seed" | tail -3
 
 bench: setup build
 	$(RUN) python -m bench

@@ -57,6 +57,7 @@ def process(*args: str, port: int, env: dict[str, str] | None = None) -> Iterato
 
 
 BENCH_REGION = "cn-beijing"
+COMMIT_TABLE = "bench-commits"
 
 
 @dataclass
@@ -77,6 +78,7 @@ class Services:
             "DASHSCOPE_REGION": BENCH_REGION,
             "EMBEDDING_MODEL": "text-embedding-v2",
             "OPENSEARCH_URL": self.opensearch_url,
+            "COMMIT_TABLE": COMMIT_TABLE,
             **extra,
         }
 
@@ -115,6 +117,17 @@ def services(
         process(*ds_args, port=dp, env={"STANDIN_API_KEY": API_KEY}),
         process("-m", "standins.opensearch", "--port", str(op), port=op),
     ):
+        import boto3
+        from rag_shared.commits import create_table
+
+        ddb = boto3.client(
+            "dynamodb",
+            endpoint_url=f"http://127.0.0.1:{mp}",
+            region_name="us-east-1",
+            aws_access_key_id="bench",
+            aws_secret_access_key="bench",  # noqa: S106 - moto accepts anything
+        )
+        create_table(ddb, COMMIT_TABLE)  # the indexer's commit table, as the template declares it
         yield Services(f"http://127.0.0.1:{mp}", f"http://127.0.0.1:{dp}/compatible-mode/v1", f"http://127.0.0.1:{op}")
 
 

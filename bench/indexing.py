@@ -44,6 +44,7 @@ def seed_design(indexer: Indexer, s3: Any, bucket: str, key: str) -> int:
         ChunkDoc(
             id=f"seed-{c.number}",
             source_key=key,
+            version="seed",
             chunk_number=c.number,
             text=c.text,
             start=c.start,

@@ -1,5 +1,7 @@
 """Deliver SQS messages to the indexer as Lambda's SQS event source mapping does: receive a batch,
-invoke the handler with an SQS event, delete what succeeded, leave failures for redelivery."""
+invoke the handler with an SQS event, delete what succeeded, leave failures for redelivery.
+S3 events get the sequencer moto leaves out (:mod:`local.sequencers`), so retries and replays
+behave as in AWS."""
 
 from __future__ import annotations
 
@@ -8,6 +10,7 @@ from typing import Any
 from indexer import handler
 
 from local.lambda_context import FakeContext
+from local.sequencers import SEQUENCER
 
 
 def to_lambda_event(messages: list[dict[str, Any]], queue_arn: str, region: str) -> dict[str, Any]:
@@ -16,7 +19,7 @@ def to_lambda_event(messages: list[dict[str, Any]], queue_arn: str, region: str)
             {
                 "messageId": m["MessageId"],
                 "receiptHandle": m["ReceiptHandle"],
-                "body": m["Body"],
+                "body": SEQUENCER.stamp(m["Body"]),
                 "attributes": m.get("Attributes", {}),
                 "messageAttributes": {},
                 "md5OfBody": m["MD5OfBody"],

@@ -1,6 +1,6 @@
 """The whole service on loopback, with no AWS account and no Docker.
 
-moto's server plays S3 (with real bucket → SQS notifications), SQS and Secrets Manager; the vector
+moto's server plays S3 (with real bucket → SQS notifications), SQS, DynamoDB and Secrets Manager; the vector
 store is the OpenSearch at ``OPENSEARCH_URL`` if given, else the stand-in; DashScope is the real
 service if ``DASHSCOPE_API_KEY`` is set, else the stand-in; the chat app runs under uvicorn and
 the indexer is fed from the queue the way Lambda's SQS trigger feeds it.
@@ -87,7 +87,7 @@ class LocalStack:
             AWS_DEFAULT_REGION="us-east-1",
             AWS_REGION="us-east-1",
         )
-        self.say(f"• AWS (S3, SQS, Secrets Manager): moto server on http://{host}:{port}")
+        self.say(f"• AWS (S3, SQS, DynamoDB, Secrets Manager): moto server on http://{host}:{port}")
 
         import boto3
 
@@ -131,6 +131,12 @@ class LocalStack:
             self._setenv(OPENSEARCH_URL=osi.url)
             self.say(f"• OpenSearch: OPENSEARCH_URL is not set, so the k-NN stand-in serves on {osi.url}")
         self._setenv(OPENSEARCH_INDEX=os.environ.get("OPENSEARCH_INDEX") or f"local-demo-{int(time.time())}")
+
+        # the indexer's commit table (which chunk version readers see), as the template declares it
+        from rag_shared.commits import create_table
+
+        create_table(boto3.client("dynamodb"), "qwen-rag-commits")
+        self._setenv(COMMIT_TABLE="qwen-rag-commits")
 
         # bucket → queue notifications, as the template wires them
         s3, sqs = boto3.client("s3"), boto3.client("sqs")

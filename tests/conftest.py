@@ -15,6 +15,7 @@ from typing import Any
 import boto3
 import pytest
 from moto.server import ThreadedMotoServer
+from rag_shared.commits import CommitStore, create_table
 from rag_shared.config import Settings, load_settings
 from rag_shared.dashscope import DashScopeClient
 from rag_shared.embeddings import Embedder
@@ -109,6 +110,22 @@ def aws(moto_url: str, monkeypatch: pytest.MonkeyPatch) -> str:
     return moto_url
 
 
+COMMIT_TABLE = "qwen-rag-commits"
+
+
+@pytest.fixture(scope="session")
+def commit_table(moto_url: str) -> str:
+    """The commit table as the template declares it, once per session on moto's DynamoDB; commit
+    records are namespaced by index name, and every test has its own index."""
+    create_table(boto3.client("dynamodb", endpoint_url=moto_url, region_name="us-east-1"), COMMIT_TABLE)
+    return COMMIT_TABLE
+
+
+@pytest.fixture
+def commits(aws: str, commit_table: str, index_name: str) -> CommitStore:
+    return CommitStore(boto3.client("dynamodb", region_name="us-east-1"), commit_table, index_name)
+
+
 @pytest.fixture
 def index_name() -> str:
     return f"test-{os.getpid()}-{next(_ids)}"
@@ -149,8 +166,10 @@ def embedder(settings: Settings, client: DashScopeClient) -> Embedder:
 
 
 @pytest.fixture
-def store(settings: Settings) -> VectorStore:
-    return VectorStore(make_client(settings), settings.opensearch_index, settings.dimensions, backoff_seconds=0.01)
+def store(settings: Settings, commits: CommitStore) -> VectorStore:
+    return VectorStore(
+        make_client(settings), settings.opensearch_index, settings.dimensions, commits=commits, backoff_seconds=0.01
+    )
 
 
 @pytest.fixture

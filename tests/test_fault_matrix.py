@@ -85,7 +85,7 @@ class World:
 
 
 @pytest.fixture
-def world(monkeypatch, aws, dashscope, vector_store, index_name, s3, bucket) -> Iterator[World]:
+def world(monkeypatch, aws, dashscope, vector_store, index_name, s3, bucket, commit_table) -> Iterator[World]:
     sqs = boto3.client("sqs", region_name="us-east-1")
     dlq = sqs.create_queue(QueueName=f"{bucket}-dlq")["QueueUrl"]
     dlq_arn = sqs.get_queue_attributes(QueueUrl=dlq, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
@@ -117,6 +117,7 @@ def world(monkeypatch, aws, dashscope, vector_store, index_name, s3, bucket) -> 
         "MAX_FILE_BYTES": "100000",
         "RETRY_BASE_SECONDS": "1",  # the handler sets each failed message's delay: 1 s, like the queue's
         "RETRY_MAX_SECONDS": "1",
+        "COMMIT_TABLE": commit_table,
     }
     for k, v in env.items():
         monkeypatch.setenv(k, v)
@@ -129,19 +130,22 @@ def world(monkeypatch, aws, dashscope, vector_store, index_name, s3, bucket) -> 
 
 
 def assert_nothing_lost(world: World) -> None:
-    """Every uploaded key is accounted for: applied (indexed, skipped, removed) or dead-lettered."""
+    """Every uploaded key is accounted for: applied (indexed, skipped, removed) or dead-lettered; the
+    committed chunk count is the live count, and no other version's chunk is left."""
     store = world.store()
     dead = world.dead_letters()
     for key, etag in world.uploaded.items():
-        state = store.get_state(key)
+        commit = store.commits.get(key)  # type: ignore[union-attr]
         if key in dead:
             continue
-        assert state is not None, f"{key}: neither applied nor in the DLQ"
+        assert commit is not None, f"{key}: neither applied nor in the DLQ"
         if etag == "":
-            assert state.deleted and store.count(key) == 0, f"{key}: deleted but chunks remain"
+            assert commit.deleted and store.count(key) == 0, f"{key}: deleted but chunks remain"
         else:
-            assert state.etag == etag, f"{key}: index holds another version"
-            assert store.count(key) == state.chunks, f"{key}: {store.count(key)} chunks, state says {state.chunks}"
+            assert commit.etag == etag, f"{key}: index holds another version"
+            assert store.count(key, version=commit.version) == commit.chunks == store.count(key), (
+                f"{key}: {store.count(key)} chunks, commit says {commit.chunks}"
+            )
 
 
 def assert_no_secret_printed(capfd: Any, caplog: Any) -> None:
@@ -206,7 +210,7 @@ def opensearch_index_deleted_under_a_warm_function(w: World) -> set[str]:
     s = load_settings()
     make_client(s).indices.delete(index=s.opensearch_index)
     w.put("docs/second.txt", "Another document, about travel policy. " * 10)
-    w.run()  # the write recreates the index (with its k-NN mapping) and resets the stale states
+    w.run()  # the write recreates the index (with its k-NN mapping) and restarts second.txt afresh
     summary = backfill(handler.get_indexer(), w.bucket, "", progress=False)  # the documented recovery
     assert summary.actions["indexed"] == 1 and not summary.failed  # first.txt again; second.txt unchanged
     return set()
@@ -234,9 +238,9 @@ def duplicate_and_replayed_events(w: World) -> set[str]:
     # S3 delivers at least once: send the very same notification twice more
     msgs = w.sqs.receive_message(QueueUrl=w.queue, WaitTimeSeconds=0).get("Messages", [])
     assert not msgs
-    state = w.store().get_state("docs/a.txt")
-    assert state is not None
-    obj = {"key": "docs/a.txt", "eTag": state.etag, "sequencer": state.sequencer}
+    commit = w.store().commits.get("docs/a.txt")  # type: ignore[union-attr]
+    assert commit is not None
+    obj = {"key": "docs/a.txt", "eTag": commit.etag, "sequencer": commit.sequencer}
     record = {
         "eventSource": "aws:s3",
         "eventName": "ObjectCreated:Put",

@@ -50,6 +50,7 @@ def _docs() -> list[ChunkDoc]:
                 ChunkDoc(
                     id=f"{key}#{n}",
                     source_key=key,
+                    version="v1",
                     chunk_number=n,
                     text=f"chunk {n} of {key}",
                     start=0,
@@ -88,7 +89,7 @@ def _exercise(store: VectorStore) -> dict[str, Any]:
         "filtered": [_name(h) for h in store.search(QUERY, 4, SearchFilter(key_prefix="docs/"))],
         "count": count,
     }
-    store.delete_source("a.md")
+    store.delete_chunks("a.md")
     seen["count_a"] = _until(lambda: store.count("a.md"), lambda n: n == 0, store)
     seen["after_delete"] = sorted(_name(h) for h in store.search(QUERY, 10))
     return seen
@@ -102,9 +103,8 @@ def _expected_cosine_score(v: list[float]) -> float:
 
 
 def _drop(store: VectorStore) -> None:
-    for name in (store.index, store.state_index):
-        store.client.indices.delete(index=name, ignore_unavailable=True)
-        store.client.indices.delete_index_template(name=name, params={"ignore": 404})  # ensure_index's
+    store.client.indices.delete(index=store.index, ignore_unavailable=True)
+    store.client.indices.delete_index_template(name=store.index, params={"ignore": 404})  # ensure_index's
 
 
 @pytest.fixture

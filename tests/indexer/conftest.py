@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 from typing import Any
 
 import pytest
@@ -18,7 +19,7 @@ def next_seq() -> str:
 
 
 @pytest.fixture
-def indexer_env(monkeypatch, aws, dashscope, vector_store, index_name):
+def indexer_env(monkeypatch, aws, dashscope, vector_store, index_name, commit_table):
     """Configure the deployed handler as the template does: by environment only. These tests are
     written around text-embedding-v2 (1,536 dimensions, 25 texts per call), which only Beijing serves."""
     dashscope.region = "cn-beijing"
@@ -35,6 +36,7 @@ def indexer_env(monkeypatch, aws, dashscope, vector_store, index_name):
         "CHUNK_OVERLAP_TOKENS": "30",
         "MAX_FILE_BYTES": str(200_000),
         "POWERTOOLS_METRICS_NAMESPACE": "QwenRagTest",
+        "COMMIT_TABLE": commit_table,
     }
     for k, v in env.items():
         monkeypatch.setenv(k, v)
@@ -67,3 +69,52 @@ class Uploader:
 @pytest.fixture
 def uploader(indexer_env, s3, bucket) -> Uploader:
     return Uploader(s3, bucket)
+
+
+class Queues:
+    """An indexing queue and its dead-letter queue, wired as the template does (a redrive policy)."""
+
+    def __init__(self, sqs: Any) -> None:
+        self.sqs = sqs
+        suffix = next(_seq)
+        self.dlq = sqs.create_queue(QueueName=f"qwen-rag-dlq-{suffix}")["QueueUrl"]
+        dlq_arn = sqs.get_queue_attributes(QueueUrl=self.dlq, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+        self.url = sqs.create_queue(
+            QueueName=f"qwen-rag-index-{suffix}",
+            Attributes={"RedrivePolicy": json.dumps({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": "5"})},
+        )["QueueUrl"]
+        self.arn = sqs.get_queue_attributes(QueueUrl=self.url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+
+    def event(self, *bodies: dict[str, Any] | str) -> dict[str, Any]:
+        """An SQS event of ``bodies`` as received from this queue."""
+        event = sqs_event(*bodies)
+        for r in event["Records"]:
+            r["eventSourceARN"] = self.arn
+        return event
+
+    def _drain(self, url: str) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        while True:
+            got = self.sqs.receive_message(
+                QueueUrl=url, MaxNumberOfMessages=10, MessageAttributeNames=["All"], AttributeNames=["All"]
+            ).get("Messages", [])
+            if not got:
+                return out
+            for m in got:
+                self.sqs.delete_message(QueueUrl=url, ReceiptHandle=m["ReceiptHandle"])
+            out += got
+
+    def dead_letters(self) -> list[dict[str, Any]]:
+        return self._drain(self.dlq)
+
+    def messages(self) -> list[dict[str, Any]]:
+        return self._drain(self.url)
+
+
+@pytest.fixture
+def queues(indexer_env, aws) -> Queues:
+    import boto3
+
+    q = Queues(boto3.client("sqs", region_name="us-east-1"))
+    handler.reset()
+    return q

@@ -7,7 +7,6 @@ import json
 import logging
 
 import pytest
-from aws_lambda_powertools.utilities.batch.exceptions import BatchProcessingError
 from indexer import handler
 from rag_shared.config import load_settings
 from rag_shared.store import VectorStore, make_client
@@ -67,8 +66,8 @@ def test_delete_leaves_no_chunks(uploader, indexer_env):
     uploader.run(uploader.delete("docs/a.txt"))
     store = store_for(indexer_env)
     assert store.count("docs/a.txt") == 0
-    state = store.get_state("docs/a.txt")
-    assert state is not None and state.deleted
+    commit = store.commits.get("docs/a.txt")  # type: ignore[union-attr]
+    assert commit is not None and commit.deleted
 
 
 def test_replayed_event_changes_nothing_and_costs_nothing(uploader, dashscope, indexer_env):
@@ -101,22 +100,9 @@ def test_older_version_event_after_newer_changes_nothing(uploader, indexer_env, 
     assert {h.text.split()[0] for h in hits} == {"New"}
 
 
-class LaggingStore(VectorStore):
-    """Answers the first state read with what it was before: the view of an invocation that
-    checked staleness just before a concurrent, newer invocation finished."""
-
-    def __init__(self, inner: VectorStore, stale_view):
-        super().__init__(inner.client, inner.index, inner.dimensions, serverless=inner.serverless, backoff_seconds=0.01)
-        self._ready = True
-        self.stale_view = stale_view
-        self.reads = 0
-
-    def get_state(self, key):
-        self.reads += 1
-        return self.stale_view if self.reads == 1 else super().get_state(key)
-
-
 def test_two_versions_processed_at_once_converge_on_the_newest(uploader, indexer_env):
+    """The older invocation read its object and passed its check before the newer one finished;
+    it finishes later. Its commit loses the compare-and-set: the newer version stays the only one."""
     from indexer.events import parse_notification
     from indexer.pipeline import Indexer
 
@@ -125,17 +111,28 @@ def test_two_versions_processed_at_once_converge_on_the_newest(uploader, indexer
     old_obj = uploader.s3.get_object(Bucket=uploader.bucket, Key="docs/a.txt")["Body"].read()
     new = parse_notification(uploader.put("docs/a.txt", "Only the new text. " * 5))[0]
     ix = handler.get_indexer()
-    assert ix.handle(new).action == "indexed"  # the newer invocation finishes first
 
-    # the older invocation read its object and passed its check before that; it finishes later
+    class LateCheck(Indexer):
+        """Sees no commit at its first check: the view of an invocation that checked just before."""
+
+        checks = 0
+
+        def _applied(self, key, seq):
+            self.checks += 1
+            return None if self.checks == 1 else super()._applied(key, seq)
+
+    assert ix.handle(new).action == "indexed"  # the newer invocation finishes first
     uploader.s3.put_object(Bucket=uploader.bucket, Key="docs/a.txt", Body=old_obj)
-    late = Indexer(ix.s3, LaggingStore(ix.store, None), ix.embedder, ix.config)
+    late = LateCheck(ix.s3, ix.store, ix.embedder, ix.config)
     out = late.handle(old.model_copy(update={"etag": None}))
-    assert out.action == "superseded"
+    assert late.checks == 1 and out.action == "superseded"
     store = store_for(indexer_env)
-    assert store.count("docs/a.txt") == 1
-    state = store.get_state("docs/a.txt")
-    assert state is not None and state.sequencer == new.sequencer
+    commit = store.commits.get("docs/a.txt")  # type: ignore[union-attr]
+    assert commit is not None and commit.sequencer.startswith(str(new.sequencer).upper())
+    assert store.count("docs/a.txt") == 1 == commit.chunks
+    assert [h.text for h in store.search(fake_embedding(paragraph(2), 1536), 5)] == [
+        ("Only the new text. " * 5).strip()
+    ]
 
 
 def test_bulk_item_failures_are_retried_alone(uploader, vector_store, indexer_env):
@@ -202,30 +199,53 @@ def emf_metrics(stdout: str) -> dict[str, object]:
     return values
 
 
-def test_poison_record_is_a_batch_item_failure_and_others_succeed(uploader, indexer_env, capsys, caplog):
+def test_poison_records_go_to_the_dead_letter_queue_at_once_and_others_succeed(
+    uploader, indexer_env, queues, capsys, caplog
+):
     good = uploader.put("docs/good.txt", "A good document. " * 10)
-    event = sqs_event("this is not json", good, {"unexpected": "shape"})
+    event = queues.event("this is not json", good, {"unexpected": "shape"})
     result = handler.lambda_handler(event, FakeContext())
-    failed = {f["itemIdentifier"] for f in result["batchItemFailures"]}
+    assert result == {"batchItemFailures": []}  # not retried: retries cannot fix them
     ids = [r["messageId"] for r in event["Records"]]
-    assert failed == {ids[0], ids[2]}
     assert store_for(indexer_env).count("docs/good.txt") == 1
+    dead = queues.dead_letters()
+    assert sorted(m["Body"] for m in dead) == sorted(['{"unexpected": "shape"}', "this is not json"])
+    assert {m["MessageAttributes"]["sourceMessageId"]["StringValue"] for m in dead} == {ids[0], ids[2]}
+    assert all(m["MessageAttributes"]["reason"]["StringValue"] for m in dead)
     metrics = emf_metrics(capsys.readouterr().out)
-    assert metrics["RecordsFailed"] == 2.0 and metrics["FilesIndexed"] == 1.0
-    failures = [r.__dict__ for r in caplog.records if r.getMessage().startswith("record failed")]
-    assert [(f["message_id"], f["levelname"], f["tries"]) for f in failures] == [
-        (ids[0], "ERROR", 1),
-        (ids[2], "ERROR", 1),
+    assert (
+        metrics["PoisonMessages"] == [1.0, 1.0] and metrics["FilesIndexed"] == 1.0 and metrics["RecordsFailed"] == 0.0
+    )
+    moved = [r.__dict__ for r in caplog.records if r.getMessage() == "poison message moved to the dead-letter queue"]
+    assert [(m["message_id"], m["levelname"], m["error"]) for m in moved] == [
+        (ids[0], "ERROR", "BadEvent"),
+        (ids[2], "ERROR", "BadEvent"),
     ]
-    assert all(f["error"] == "BadEvent" and f["reason"] and f["retry_in_seconds"] == 30 for f in failures)
+    assert not [r for r in caplog.records if r.getMessage().startswith("record failed")]
+
+
+def test_an_all_bad_batch_does_not_raise(uploader, indexer_env, queues):
+    event = queues.event("not json", "[1, 2]", {"Records": "nope"})
+    assert handler.lambda_handler(event, FakeContext()) == {"batchItemFailures": []}
+    assert len(queues.dead_letters()) == 3
+
+
+def test_a_poison_message_is_retried_when_the_dead_letter_queue_cannot_be_reached(
+    uploader, indexer_env, caplog, monkeypatch
+):
+    monkeypatch.setenv("DEAD_LETTER_QUEUE_URL", "http://127.0.0.1:1/123456789012/no-such-queue")
+    handler.reset()
+    event = sqs_event("not json")
+    result = handler.lambda_handler(event, FakeContext())
+    assert [f["itemIdentifier"] for f in result["batchItemFailures"]] == [event["Records"][0]["messageId"]]
+    assert any("could not be moved" in r.getMessage() for r in caplog.records)
 
 
 def test_a_failed_file_is_logged_with_its_key_and_reason(uploader, dashscope, indexer_env, caplog, monkeypatch):
     monkeypatch.setenv("DASHSCOPE_MAX_RETRIES", "0")
     handler.reset()
     dashscope.inject(Fault(status=503, code="ServiceUnavailable"), times=1)
-    with pytest.raises(BatchProcessingError):
-        uploader.run(uploader.put("docs/report.txt", "Quarterly numbers. " * 10))
+    assert len(uploader.run(uploader.put("docs/report.txt", "Quarterly numbers. " * 10))["batchItemFailures"]) == 1
     (failure,) = [r for r in caplog.records if r.getMessage().startswith("record failed")]
     assert failure.levelname == "ERROR" and failure.__dict__["s3_keys"] == ["docs/report.txt"]
     assert failure.__dict__["error"] and "Quarterly" not in caplog.text
@@ -256,8 +276,8 @@ def test_dashscope_outage_fails_the_record_for_retry_then_it_succeeds(uploader, 
     handler.reset()
     event = uploader.put("docs/a.txt", "Some text to embed. " * 10)
     dashscope.inject(Fault(status=503, code="ServiceUnavailable"), times=2)
-    with pytest.raises(BatchProcessingError):  # every record failed: the batch goes back to the queue
-        uploader.run(event)
+    # every record failed: reported item by item (no Lambda error); the record goes back to the queue
+    assert len(uploader.run(event)["batchItemFailures"]) == 1
     assert uploader.run(event) == {"batchItemFailures": []}  # SQS redelivery
     assert store_for(indexer_env).count("docs/a.txt") == 1
 
@@ -288,8 +308,7 @@ def test_bulk_requests_stay_under_the_request_size_limit(uploader, vector_store,
 def test_a_retried_record_leaves_no_duplicate_chunks(uploader, vector_store, indexer_env):
     event = uploader.put("docs/big.txt", sixty_chunk_doc())
     vector_store.fail_items(3, status=400)  # rejected for good: the record fails after 57 were written
-    with pytest.raises(BatchProcessingError):
-        uploader.run(event)
+    assert len(uploader.run(event)["batchItemFailures"]) == 1
     assert uploader.run(event) == {"batchItemFailures": []}  # SQS delivers it again
     store = store_for(indexer_env)
     hits = store.client.search(index=store.index, body={"size": 500, "query": {"term": {"source_key": "docs/big.txt"}}})
@@ -302,9 +321,10 @@ def test_index_with_another_dimension_fails_clearly(uploader, index_name, indexe
 
     make_client(load_settings()).indices.create(index=index_name, body=index_body(1024, "faiss", serverless=True))
     caplog.set_level(logging.ERROR)
-    with pytest.raises(BatchProcessingError) as info:  # retried, then dead-lettered: not lost
-        uploader.run(uploader.put("docs/a.txt", "text"))
-    assert "1024-dimensional vectors but the embedding model produces 1536" in str(info.value)
+    result = uploader.run(uploader.put("docs/a.txt", "text"))  # retried, then dead-lettered: not lost
+    assert len(result["batchItemFailures"]) == 1
+    (failure,) = [r for r in caplog.records if r.getMessage().startswith("record failed")]
+    assert "1024-dimensional vectors but the embedding model produces 1536" in failure.__dict__["reason"]
 
 
 def test_direct_s3_event_file_from_events_dir(indexer_env, s3, monkeypatch):

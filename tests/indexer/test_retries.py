@@ -1,5 +1,6 @@
 """A file too big for one invocation, and the pace of retries: the indexer stops before the
-function's timeout keeping what it embedded, and gives each failed message its own delay."""
+function's timeout keeping what it wrote and continues in a message of its own (with a cursor), and
+gives each failed message its own delay."""
 
 from __future__ import annotations
 
@@ -9,7 +10,6 @@ from typing import Any
 
 import boto3
 import pytest
-from aws_lambda_powertools.utilities.batch.exceptions import BatchProcessingError
 from indexer import handler
 from indexer.events import parse_notification
 from indexer.pipeline import OutOfTime
@@ -35,20 +35,25 @@ def test_deadline_comes_from_the_remaining_time():
     assert handler.deadline_of(None, 60) is None
 
 
-def test_a_file_too_big_for_one_invocation_resumes_without_embedding_twice(uploader, dashscope, indexer_env):
+def test_without_a_queue_a_file_too_big_for_one_invocation_is_retried_without_embedding_twice(
+    uploader, dashscope, indexer_env
+):
     ix = handler.get_indexer()
+    ix.continuer = None  # a direct S3 invocation: no queue to continue from
     ix.config.window = 25  # one embedding call per window
     dashscope.latency = 0.2
     (event,) = parse_notification(json.dumps(uploader.put("docs/huge.txt", document(100))))
     ix.store.ensure_index()  # the cold start's index setup is not what the 50 ms below are about
-    with pytest.raises(OutOfTime, match=r"stopped after 50 chunks .* the retry resumes"):
+    with pytest.raises(OutOfTime, match=r"stopped after \d+ chunks .* the retry starts again") as info:
         ix.handle(event, deadline=time.monotonic() + 0.05)  # time runs out during the first window
+    done = int(str(info.value).split()[2])
+    assert ix.store.search([1.0] * ix.store.dimensions, 10) == []  # nothing of it is visible
     first = len(dashscope.calls("/embeddings"))
-    assert first == 2  # the window in flight was finished and written, not thrown away
+    assert first == done // 25 >= 1  # the windows in flight were finished and written, not thrown away
     ix.store.refresh()  # as a domain does each second; the retry comes minutes later
     outcome = ix.handle(event)  # the retry
-    assert (outcome.action, outcome.chunks, outcome.cached, outcome.embedded) == ("indexed", 100, 50, 50)
-    assert len(dashscope.calls("/embeddings")) == first + 2
+    assert (outcome.action, outcome.chunks, outcome.cached, outcome.embedded) == ("indexed", 100, done, 100 - done)
+    assert len(dashscope.calls("/embeddings")) == 4
     store = store_for(indexer_env)
     hits = store.client.search(
         index=store.index, body={"size": 500, "query": {"term": {"source_key": "docs/huge.txt"}}}
@@ -69,10 +74,7 @@ def _deliver(sqs: Any, url: str, context: FakeContext) -> dict[str, Any] | None:
     if not got:
         return None
     arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
-    try:
-        result: dict[str, Any] = handler.lambda_handler(to_lambda_event(got, arn, "us-east-1"), context)
-    except BatchProcessingError:
-        return {"batchItemFailures": [{"itemIdentifier": m["MessageId"]} for m in got]}
+    result: dict[str, Any] = handler.lambda_handler(to_lambda_event(got, arn, "us-east-1"), context)
     for m in got:
         if m["MessageId"] not in {f["itemIdentifier"] for f in result["batchItemFailures"]}:
             sqs.delete_message(QueueUrl=url, ReceiptHandle=m["ReceiptHandle"])
@@ -111,3 +113,38 @@ def test_records_left_when_time_runs_out_are_retried_at_once(uploader, dashscope
         result = _deliver(sqs, url, FakeContext())
         assert result == {"batchItemFailures": []}
         done = store_for(None).count("docs/a.txt") + store_for(None).count("docs/b.txt")
+
+
+def test_a_file_too_big_for_one_invocation_continues_in_its_own_messages_until_done(
+    uploader, dashscope, queues, indexer_env, monkeypatch
+):
+    """Each invocation has time for about one window; the file still completes, every step is a
+    fresh message (never a receive of the same one, so never toward maxReceiveCount), nothing is
+    embedded twice, and no part of the file is visible before its commit."""
+    monkeypatch.setenv("STOP_BEFORE_TIMEOUT_SECONDS", "0")
+    handler.reset()
+    ix = handler.get_indexer()
+    ix.config.window = 25
+    dashscope.latency = 0.1
+    sqs = queues.sqs
+    sqs.send_message(QueueUrl=queues.url, MessageBody=json.dumps(uploader.put("docs/huge.txt", document(100))))
+    steps: list[int] = []
+    for _ in range(10):
+        got = sqs.receive_message(QueueUrl=queues.url, MaxNumberOfMessages=1, AttributeNames=["All"]).get("Messages")
+        if not got:
+            break
+        assert got[0]["Attributes"]["ApproximateReceiveCount"] == "1"
+        result = handler.lambda_handler(to_lambda_event(got, queues.arn, "us-east-1"), FakeContext(remaining_ms=10))
+        assert result == {"batchItemFailures": []}
+        sqs.delete_message(QueueUrl=queues.url, ReceiptHandle=got[0]["ReceiptHandle"])
+        body = json.loads(got[0]["Body"])
+        steps.append(body.get("qwenRagContinue", {}).get("cursor", 0))
+        store = store_for(indexer_env)
+        visible = store.search([1.0] * store.dimensions, 200)
+        assert len(visible) in (0, 100)  # never a part of the file
+    assert steps[0] == 0 and steps == sorted(steps) and len(steps) >= 3  # progress in every step
+    store = store_for(indexer_env)
+    commit = store.commits.get("docs/huge.txt")  # type: ignore[union-attr]
+    assert commit is not None and commit.chunks == 100 == store.count("docs/huge.txt", version=commit.version)
+    assert sum(c.size for c in dashscope.calls("/embeddings")) == 100  # no chunk embedded twice
+    assert queues.dead_letters() == []

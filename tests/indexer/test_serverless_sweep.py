@@ -39,7 +39,10 @@ def queue(aws: str) -> str:
 
 
 def _env(monkeypatch: pytest.MonkeyPatch, dashscope: Any, store_url: str, service: str, index: str, queue: str) -> None:
+    from tests.conftest import COMMIT_TABLE
+
     for k, v in {
+        "COMMIT_TABLE": COMMIT_TABLE,
         "DASHSCOPE_BASE_URL": dashscope.base_url,
         "DASHSCOPE_API_KEY": API_KEY,
         "OPENSEARCH_URL": store_url,
@@ -64,23 +67,25 @@ def _v(tag: str, paragraphs: int) -> str:
 
 
 def test_a_version_written_just_before_the_next_is_swept_once_searchable(
-    monkeypatch, aws, dashscope, lagging, index_name, s3, bucket, queue
+    monkeypatch, aws, commit_table, dashscope, lagging, index_name, s3, bucket, queue
 ):
     _env(monkeypatch, dashscope, lagging.url, "aoss", index_name, queue)
     up = Uploader(s3, bucket)
     up.run(up.put("docs/a.txt", _v("v1", 3)))
     up.run(up.put("docs/a.txt", _v("v2", 2)))  # v1 is not searchable yet: its delete finds nothing
     assert _texts(lagging, index_name, "docs/a.txt") == ["v1", "v1", "v1", "v2", "v2"]  # the race
+    store = VectorStore.from_settings(load_settings())
+    hits = store.search([1.0] * store.dimensions, 10)
+    assert sorted(h.text[:2] for h in hits) == ["v2", "v2"]  # but readers see only the committed version
 
     sqs = boto3.client("sqs", region_name="us-east-1")
     assert drain(sqs, queue, timeout=30) == 2  # one sweep per applied event, delivered to the handler
     assert _texts(lagging, index_name, "docs/a.txt") == ["v2", "v2"]
-    store = VectorStore.from_settings(load_settings())
-    state = store.get_state("docs/a.txt")
-    assert state is not None and state.chunks == 2
+    commit = store.commits.get("docs/a.txt")  # type: ignore[union-attr]
+    assert commit is not None and commit.chunks == 2
 
 
-def test_a_delete_is_swept_too(monkeypatch, aws, dashscope, lagging, index_name, s3, bucket, queue):
+def test_a_delete_is_swept_too(monkeypatch, aws, commit_table, dashscope, lagging, index_name, s3, bucket, queue):
     _env(monkeypatch, dashscope, lagging.url, "aoss", index_name, queue)
     up = Uploader(s3, bucket)
     up.run(up.put("docs/a.txt", _v("v1", 3)))
@@ -90,7 +95,7 @@ def test_a_delete_is_swept_too(monkeypatch, aws, dashscope, lagging, index_name,
     assert _texts(lagging, index_name, "docs/a.txt") == []
 
 
-def test_a_domain_needs_no_sweep(monkeypatch, aws, dashscope, opensearch, index_name, s3, bucket, queue):
+def test_a_domain_needs_no_sweep(monkeypatch, aws, commit_table, dashscope, opensearch, index_name, s3, bucket, queue):
     _env(monkeypatch, dashscope, opensearch.url, "es", index_name, queue)
     up = Uploader(s3, bucket)
     up.run(up.put("docs/a.txt", _v("v1", 3)))

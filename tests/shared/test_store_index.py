@@ -17,7 +17,7 @@ from rag_shared.config import load_settings
 from rag_shared.errors import IndexMappingError, StoreError
 from rag_shared.store import (
     ChunkDoc,
-    SourceState,
+    ServerlessStore,
     VectorStore,
     choose_engine,
     index_body,
@@ -43,18 +43,19 @@ def _doc(key: str, n: int) -> ChunkDoc:
         content_hash=f"{key}-{n}",
         embedding_model="m",
         source_seq="0" * 40,
+        version="v1",
         vector=vec,
     )
 
 
 def _store(server: OpenSearchStandIn, index: str = "chunks", *, engine: str = "faiss", **kw: Any) -> VectorStore:
     settings = load_settings(opensearch_url=server.url, opensearch_index=index)
-    return VectorStore(
+    kind = ServerlessStore if server.serverless else VectorStore
+    return kind(
         make_client(settings, **kw),
         index,
         DIMS,
         engine=engine,  # type: ignore[arg-type]
-        serverless=server.serverless,
         backoff_seconds=0.01,
     )
 
@@ -128,18 +129,16 @@ def test_an_elasticsearch_endpoint_is_named(cluster: OpenSearchStandIn, monkeypa
 # --- automatic index creation is harmless ---------------------------------------------------------------
 
 
-def test_a_write_to_a_missing_chunk_index_keeps_k_nn_and_resets_the_states(cluster: OpenSearchStandIn) -> None:
+def test_a_write_to_a_missing_chunk_index_keeps_k_nn(cluster: OpenSearchStandIn) -> None:
     store = _store(cluster)
     store.ensure_index()
     store.write_chunks([_doc("a.md", 0)])
-    store.put_state(SourceState(key="a.md", sequencer="01"))
     store.client.indices.delete(index="chunks")  # someone deletes it under a warm function
     store.write_chunks([_doc("b.md", 0)])  # re-created from the template, strict and without the vector
     index = cluster.indices["chunks"]
     assert index.auto_created and index.settings["index.knn"] == "true"
     assert index.mappings["properties"]["embedding"]["method"]["space_type"] == "cosinesimil"  # adopted
     assert index.mappings["dynamic"] == "true"
-    assert store.get_state("a.md") is None  # the states of the lost vectors are gone: a backfill restores them
     assert [h.source_key for h in store.search(_doc("b.md", 0).vector, 5)] == ["b.md"]
 
 
@@ -147,21 +146,10 @@ def test_a_write_to_a_missing_chunk_index_keeps_k_nn_and_resets_the_states(clust
 def test_on_serverless_a_re_created_chunk_index_is_adopted_not_deleted(cluster: OpenSearchStandIn) -> None:
     store = _store(cluster)
     store.ensure_index()
-    store.put_state(SourceState(key="a.md", sequencer="01"))
     cluster.indices.pop("chunks")  # an admin deleted it
     store.write_chunks([_doc("b.md", 0)])
     assert cluster.indices["chunks"].mappings["properties"]["embedding"]["type"] == "knn_vector"
-    assert store.get_state("a.md") is None
     assert not [r for r in cluster.requests if r[0] == "DELETE" and r[1].count("/") == 1]
-
-
-def test_a_raw_write_before_the_store_runs_never_creates_a_plain_index(cluster: OpenSearchStandIn) -> None:
-    store = _store(cluster)
-    store.ensure_index()
-    store.client.indices.delete(index="chunks")
-    store.client.indices.delete(index="chunks-sources")
-    store.client.index(index="chunks-sources", id="k", body={"key": "k", "sequencer": "01", "deleted": False})
-    assert cluster.indices["chunks-sources"].mappings["properties"]["key"] == {"type": "keyword"}  # template's
 
 
 def test_an_index_auto_created_without_the_template_fails_with_the_fix(cluster: OpenSearchStandIn) -> None:
@@ -192,12 +180,10 @@ def test_serverless_never_gets_a_delete_index() -> None:
     try:
         store = _store(server)
         store.ensure_index()
-        store.put_state(SourceState(key="a.md", sequencer="01"))
         server.indices.pop("chunks")  # the chunk index is lost (an admin deleted it)
         fresh = _store(server)  # a cold start
         fresh.ensure_index()
-        assert fresh.get_state("a.md") is None  # states reset by deleting records, not the index
-        assert "chunks-sources" in server.indices and _engine(server) == "faiss"
+        assert "chunks" in server.indices and _engine(server) == "faiss"
         assert not [r for r in server.requests if r[0] == "DELETE" and r[1].count("/") == 1]
         assert server.denied == []  # nothing the policy does not grant was even attempted
     finally:

@@ -2,8 +2,9 @@ import json
 from datetime import UTC, datetime
 
 import pytest
+from indexer.events import normalize_sequencer, sequencer_after, sequencer_newer
 from opensearchpy.exceptions import SerializationError
-from rag_shared.store import FastJSONSerializer, normalize_sequencer, sequencer_after, sequencer_newer
+from rag_shared.store import FastJSONSerializer
 
 
 def test_sequencers_compare_after_right_padding():

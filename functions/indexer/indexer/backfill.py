@@ -2,9 +2,10 @@
 
     python -m indexer.backfill s3://my-bucket/docs/ [--prune] [--dry-run]
 
-Uses the indexer's own code path. Objects whose ETag matches what the index recorded are
-skipped without reading them; ``--prune`` also removes keys the index knows but the bucket no
-longer has. Prints a summary and exits non-zero if anything failed.
+Uses the indexer's own code path. Objects whose ETag matches the key's commit record, and whose
+committed chunks are all in the index, are skipped without reading them (so a chunk index that was
+deleted or lost documents is restored); ``--prune`` also removes keys the commit table knows but the
+bucket no longer has. Prints a summary and exits non-zero if anything failed.
 """
 
 from __future__ import annotations
@@ -17,10 +18,10 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
+from rag_shared.commits import Commit
 from rag_shared.errors import RagError
-from rag_shared.store import sequencer_after
 
-from indexer.events import ObjectEvent
+from indexer.events import ObjectEvent, sequencer_after
 from indexer.pipeline import Indexer
 
 
@@ -74,7 +75,8 @@ def backfill(
     from tqdm import tqdm
 
     indexer.store.ensure_index()
-    states = indexer.store.list_states(prefix)
+    indexer.store.refresh()
+    states = {c.key: c for c in indexer.commits.scan() if c.key.startswith(prefix)}
     objects = list(list_objects(indexer.s3, bucket, prefix))
     summary = Summary()
     seen: set[str] = set()
@@ -82,7 +84,7 @@ def backfill(
         key, etag = obj["Key"], obj["ETag"].strip('"')
         seen.add(key)
         state = states.get(key)
-        if state is not None and not state.deleted and state.etag == etag:
+        if state is not None and not state.deleted and state.etag == etag and _all_there(indexer, state):
             summary.actions["unchanged"] += 1
             continue
         if dry_run:
@@ -106,6 +108,11 @@ def backfill(
                 gone = ObjectEvent(action="remove", bucket=bucket, key=key, sequencer=sequencer_after(state.sequencer))
                 _apply(indexer, gone, summary)
     return summary
+
+
+def _all_there(indexer: Indexer, commit: Commit) -> bool:
+    """Are the committed chunks of ``commit`` all in the index (none lost with a deleted index)?"""
+    return commit.version is None or indexer.store.count(commit.key, version=commit.version) == commit.chunks
 
 
 def _apply(indexer: Indexer, event: ObjectEvent, summary: Summary) -> None:

@@ -5,17 +5,22 @@ batch processing); a record that fails is reported as a batch item failure, so o
 to the queue, after a delay that grows with each try (set on the message, so one queue-wide
 visibility timeout need not fit both a quick retry and a 15-minute run), and after the queue's
 maxReceiveCount it lands in the dead-letter queue. A file too big for one invocation stops
-before the timeout and resumes on the next (:class:`indexer.pipeline.OutOfTime`). Files
-that can never be indexed (binary, empty, bad encoding, too large) are logged and skipped: they
-succeed, so they are not retried forever. A direct S3 event (``sam local invoke -e
-events/s3-put.json``) is processed too.
+before the timeout and sends itself a continuation message (a cursor into its chunks), so its
+progress accumulates and never counts toward maxReceiveCount. Files that can never be indexed
+(binary, empty, bad encoding, too large) are logged and skipped once: they succeed. A poison
+message (not JSON, an unknown shape) can never succeed: it is logged once with its reason and
+moved to the dead-letter queue at once instead of being retried. A batch whose every record
+failed is reported item by item like any other (no Lambda error). A direct S3 event
+(``sam local invoke -e events/s3-put.json``) is processed too.
 """
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Callable
+from contextvars import ContextVar
 from functools import cache
 from typing import Any
 
@@ -23,26 +28,26 @@ import boto3
 from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
-from aws_lambda_powertools.utilities.batch.exceptions import BatchProcessingError
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
+from rag_shared.commits import CommitStore
 from rag_shared.config import Settings, load_settings
 from rag_shared.dashscope import DashScopeClient
 from rag_shared.embeddings import Embedder
 from rag_shared.secrets import ApiKeyProvider
 from rag_shared.store import VectorStore
 
-from indexer.events import ObjectEvent, parse_notification, sweep_message
+from indexer.events import BadEvent, ObjectEvent, continuation_message, parse_notification, sweep_message
 from indexer.pipeline import Indexer, IndexerConfig, Outcome, OutOfTime
 
 logger = Logger(service="indexer")
 metrics = Metrics(namespace="QwenRag", service="indexer")
-processor = BatchProcessor(event_type=EventType.SQS)
 
 _lock = threading.Lock()
 _indexer: Indexer | None = None
 _settings: Settings | None = None
 _retry_after: dict[str, int] = {}  # messageId -> seconds until a failed record's next try
+_source_queue: ContextVar[str | None] = ContextVar("source_queue", default=None)  # the record's queue ARN
 
 
 def build_indexer(settings: Settings | None = None, *, s3: Any = None) -> Indexer:
@@ -61,13 +66,24 @@ def build_indexer(settings: Settings | None = None, *, s3: Any = None) -> Indexe
         chunk_overlap=settings.chunk_overlap_tokens,
         max_file_bytes=settings.max_file_bytes,
     )
-    store = VectorStore.from_settings(settings)
-    return Indexer(s3 or boto3.client("s3"), store, embedder, config, sweeper=_sweeper(settings, store))
+    store = VectorStore.from_settings(settings, commits=CommitStore.from_settings(settings))
+    return Indexer(
+        s3 or boto3.client("s3"), store, embedder, config, sweeper=_sweeper(settings, store), continuer=_continue
+    )
+
+
+def _continue(event: ObjectEvent) -> None:
+    """Send a continuation of ``event`` to the queue its record came from (no queue: a direct S3
+    invocation, which Lambda retries instead)."""
+    arn = _source_queue.get()
+    if arn is None:
+        raise OutOfTime(f"stopped at chunk {event.cursor}: no queue to continue from; the retry starts again")
+    _sqs().send_message(QueueUrl=_queue_url(arn), MessageBody=continuation_message(event))
 
 
 def _sweeper(settings: Settings, store: VectorStore) -> Callable[[ObjectEvent], None] | None:
     """Delayed sweep messages to the indexing queue (OpenSearch Serverless only)."""
-    if store.custom_ids or not settings.sweep_queue_url:
+    if not store.needs_sweep or not settings.sweep_queue_url:
         return None
     url, delay = settings.sweep_queue_url, settings.sweep_delay_seconds
 
@@ -100,6 +116,7 @@ def reset() -> None:
         _indexer = _settings = None
         _sqs.cache_clear()
         _queue_url.cache_clear()
+        _dead_letter_url.cache_clear()
 
 
 def report(outcome: Outcome) -> None:
@@ -124,6 +141,8 @@ def report(outcome: Outcome) -> None:
         metrics.add_metric(name="FilesRemoved", unit=MetricUnit.Count, value=1)
     elif outcome.action == "swept":
         metrics.add_metric(name="StaleChunksSwept", unit=MetricUnit.Count, value=outcome.removed)
+    elif outcome.action == "continued":
+        metrics.add_metric(name="FilesContinued", unit=MetricUnit.Count, value=1)
     elif outcome.action != "skipped":
         # stale, superseded or already gone: a replayed or late event that cost nothing
         metrics.add_metric(name="EventsIgnored", unit=MetricUnit.Count, value=1)
@@ -158,8 +177,14 @@ def record_handler(record: SQSRecord, lambda_context: LambdaContext | None = Non
     settings = get_settings()
     deadline = deadline_of(lambda_context, settings.stop_before_timeout_seconds)
     events: list[ObjectEvent] = []
+    token = _source_queue.set(record.event_source_arn or None)
     try:
-        events = parse_notification(record.body)
+        try:
+            events = parse_notification(record.body)
+        except BadEvent as exc:
+            if dead_letter(record, settings, exc):
+                return []
+            raise
         return [process(e, deadline).model_dump(mode="json") for e in events]
     except Exception as exc:
         tries = int(record.attributes.approximate_receive_count or 1)
@@ -178,6 +203,43 @@ def record_handler(record: SQSRecord, lambda_context: LambdaContext | None = Non
             },
         )
         raise
+    finally:
+        _source_queue.reset(token)
+
+
+def dead_letter(record: SQSRecord, settings: Settings, error: BadEvent) -> bool:
+    """Move a poison message to the dead-letter queue now (retries cannot fix it) and log it once.
+    The queue is ``DEAD_LETTER_QUEUE_URL``, else the source queue's redrive target. Returns False
+    (the record then fails and is retried as usual) when it cannot be sent."""
+    try:
+        url = settings.dead_letter_queue_url or _dead_letter_url(record.event_source_arn)
+        _sqs().send_message(
+            QueueUrl=url,
+            MessageBody=record.body or "",
+            MessageAttributes={
+                "reason": {"DataType": "String", "StringValue": str(error)[:500] or "poison"},
+                "sourceMessageId": {"DataType": "String", "StringValue": record.message_id},
+            },
+        )
+    except Exception as exc:
+        logger.error(
+            "poison message could not be moved to the dead-letter queue; it will be retried",
+            extra={"message_id": record.message_id, "reason": str(error)[:500], "error": type(exc).__name__},
+        )
+        return False
+    logger.error(
+        "poison message moved to the dead-letter queue",
+        extra={"message_id": record.message_id, "error": type(error).__name__, "reason": str(error)[:500]},
+    )
+    metrics.add_metric(name="PoisonMessages", unit=MetricUnit.Count, value=1)
+    return True
+
+
+@cache
+def _dead_letter_url(source_arn: str) -> str:
+    attrs = _sqs().get_queue_attributes(QueueUrl=_queue_url(source_arn), AttributeNames=["RedrivePolicy"])
+    target = json.loads(attrs["Attributes"]["RedrivePolicy"])["deadLetterTargetArn"]
+    return _queue_url(str(target))
 
 
 @cache
@@ -195,7 +257,7 @@ def delay_retries(records: list[dict[str, Any]]) -> None:
     """Give each failed message its own visibility timeout, i.e. its time until the next try.
     Best effort: if this fails, the message returns after the queue's visibility timeout."""
     for r in records:
-        delay = _retry_after.get(r.get("messageId", ""))
+        delay = _retry_after.pop(r.get("messageId", ""), None)
         if delay is None:
             continue
         try:
@@ -223,15 +285,13 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
         # Direct S3 invocation is asynchronous: raising makes Lambda retry, then its on-failure
         # destination/DLQ takes the event.
         return {"outcomes": [process(e).model_dump(mode="json") for e in parse_notification(event)]}
-    _retry_after.clear()
-    try:
-        response = process_partial_response(
-            event=event, record_handler=record_handler, processor=processor, context=context
-        )
-    except BatchProcessingError:  # every record failed: the whole batch goes back to the queue
-        metrics.add_metric(name="RecordsFailed", unit=MetricUnit.Count, value=len(event.get("Records", [])))
-        delay_retries(event.get("Records", []))
-        raise
+    # One processor per invocation (it holds the batch's state), so concurrent invocations in one
+    # process (the tests' threads) cannot mix. An all-failed batch is reported item by item, not
+    # raised: the same records fail the same way beside a good one or not (and a raise is a Lambda error).
+    processor = BatchProcessor(event_type=EventType.SQS, raise_on_entire_batch_failure=False)
+    response = process_partial_response(
+        event=event, record_handler=record_handler, processor=processor, context=context
+    )
     delay_retries(event.get("Records", []))
     failed = len(response.get("batchItemFailures", []))
     metrics.add_metric(name="RecordsFailed", unit=MetricUnit.Count, value=failed)

@@ -1,9 +1,15 @@
-"""S3 object → text → chunks → embeddings → OpenSearch, and removal, in event order.
+"""S3 object → text → chunks → embeddings → OpenSearch, and removal, consistent by construction.
 
-Ordering: every chunk carries the S3 sequencer of the event that wrote it, and its id includes
-it. After writing a version, only chunks of *older* events are deleted, and a writer that finds a
-newer event already applied removes its own chunks. So replays, out-of-order delivery and two
-versions processed at once all converge on the newest version, and never leave stale vectors.
+Every attempt at an event writes its chunks under a fresh *version token*; readers see a key's
+chunks only once that token is committed in the commit table (:mod:`rag_shared.commits`) by a
+compare-and-set on the event's S3 sequencer. So:
+
+- an older event never replaces a newer commit, and a second delivery of the same event (even
+  concurrent) is a no-op: it loses the compare-and-set and removes only its own chunks;
+- a version partly written, superseded, or whose write failed for good is never visible;
+- cleanup after a commit removes the chunks of events up to the committed one except the committed
+  version, so it never touches the committed version nor a later event's write in progress;
+  a delayed sweep (Serverless) repeats it once the collection has made everything searchable.
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
+import uuid
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -21,17 +28,19 @@ from typing import Any, Literal
 from botocore.exceptions import ClientError
 from pydantic import BaseModel
 from rag_shared.chunking import Chunk, chunk_text
+from rag_shared.commits import Commit, CommitStore
 from rag_shared.embeddings import Embedder, EmbedResult
-from rag_shared.errors import RagError, StoreError
-from rag_shared.store import ChunkDoc, SourceState, VectorStore, normalize_sequencer, sequencer_newer
+from rag_shared.errors import ConfigError, RagError, StoreError
+from rag_shared.store import ChunkDoc, VectorStore
 from rag_shared.usage import Usage
 
-from indexer.events import ObjectEvent
+from indexer.events import ObjectEvent, normalize_sequencer
 from indexer.extract import Unindexable, extract
 
 log = logging.getLogger(__name__)
 
-Action = Literal["indexed", "removed", "skipped", "stale", "superseded", "gone", "swept"]
+Action = Literal["indexed", "removed", "skipped", "stale", "superseded", "gone", "swept", "continued"]
+MAX_RESTARTS = 3
 
 
 class Outcome(BaseModel):
@@ -59,10 +68,16 @@ class IndexerConfig:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def chunk_id(key: str, sequencer: str, number: int) -> str:
-    """Deterministic: the same event always writes the same ids, so a replay overwrites itself."""
+def chunk_id(key: str, token: str, number: int) -> str:
+    """The key's hash (never the key: S3 allows 1,024 bytes, an OpenSearch ``_id`` 512 — OpenSearch
+    docs, "Index document" API: ``_id`` at most 512 bytes), the version token and the chunk number."""
     digest = hashlib.sha256(key.encode()).hexdigest()[:32]
-    return f"{digest}-{normalize_sequencer(sequencer).rstrip('0') or '0'}-{number:06d}"
+    return f"{digest}-{token}-{number:06d}"
+
+
+def new_token() -> str:
+    """A version token: unique per attempt, so two deliveries of one event never share chunks."""
+    return uuid.uuid4().hex[:20]
 
 
 def _windows(chunks: Iterator[Chunk], size: int) -> Iterator[list[Chunk]]:
@@ -78,87 +93,109 @@ class Indexer:
         embedder: Embedder,
         config: IndexerConfig,
         *,
+        commits: CommitStore | None = None,
         sweeper: Callable[[ObjectEvent], None] | None = None,
+        continuer: Callable[[ObjectEvent], None] | None = None,
     ) -> None:
-        """``sweeper`` schedules a later :meth:`_sweep` of an event (a delayed SQS message in AWS).
-        Only a store with server-assigned ids needs it: see :meth:`_schedule_sweep`."""
+        """``commits``: the commit table (default: the store's, from ``COMMIT_TABLE``). ``sweeper``
+        schedules a later :meth:`_sweep` (a delayed SQS message; only stores whose deletes can miss
+        recent writes need it). ``continuer`` sends a continuation of a file that did not fit in
+        one invocation (an SQS message); without one, running out of time raises :class:`OutOfTime`."""
+        commits = commits or store.commits
+        if commits is None:
+            raise ConfigError("COMMIT_TABLE is not set: the indexer needs its DynamoDB commit table")
         self.s3 = s3
         self.store = store
+        self.commits = commits
         self.embedder = embedder
         self.config = config
         self.sweeper = sweeper
+        self.continuer = continuer
         if embedder.cache is None:
             embedder.cache = store  # unchanged text is never embedded twice
 
     def handle(self, event: ObjectEvent, *, deadline: float | None = None) -> Outcome:
         """``deadline`` (``time.monotonic()`` seconds): stop starting work after it, so a file too big
-        for one invocation fails cleanly before the function times out; see :class:`OutOfTime`."""
+        for one invocation continues in another message before the function times out."""
         t0 = time.monotonic()
         if deadline is not None and t0 > deadline:
             raise OutOfTime("not started: the invocation's time ran out on earlier records")
         self.store.ensure_index()
         if event.action == "sweep":
             outcome = self._sweep(event)
+        elif event.action == "upsert":
+            outcome = self._upsert(event, deadline)
+        elif event.reconcile:
+            outcome = self._reconcile(event, deadline)
         else:
-            outcome = self._upsert(event, deadline) if event.action == "upsert" else self._remove(event)
-            if outcome.action in ("indexed", "removed", "skipped"):
-                self._schedule_sweep(event)
+            outcome = self._remove(event)
+        if outcome.action in ("indexed", "removed", "skipped", "superseded"):
+            self._schedule_sweep(event)
         outcome.seconds = round(time.monotonic() - t0, 3)
         return outcome
 
     # helpers
 
-    def _sequencer(self, event: ObjectEvent) -> str:
+    @staticmethod
+    def _sequencer(event: ObjectEvent) -> str:
         if event.sequencer:
-            return event.sequencer
+            return normalize_sequencer(event.sequencer)
         # Without a sequencer (a hand-made event) fall back to the time, which still orders
-        # repeated manual runs; real S3 events always carry one.
-        return f"{time.time_ns():X}"
+        # repeated manual runs; real S3 events always carry one (the local stack adds one).
+        return normalize_sequencer(f"{time.time_ns():X}")
 
-    def _is_stale(self, key: str, seq: str) -> SourceState | None:
-        state = self.store.get_state(key)
-        if state is not None and not sequencer_newer(seq, state.sequencer):
-            return state
-        return None
+    def _applied(self, key: str, seq: str) -> Commit | None:
+        """The commit of ``key`` if it is of this event or a later one."""
+        commit = self.commits.get(key)
+        return commit if commit is not None and commit.sequencer >= seq else None
 
-    def _finish(self, key: str, seq: str, state: SourceState) -> bool:
-        """Record ``state`` unless a newer event got there first; then drop our own chunks instead."""
-        current = self.store.get_state(key)
-        if current is not None and not sequencer_newer(seq, current.sequencer):
-            self.store.delete_source(key, only_seq=seq)
-            return False
-        self.store.delete_source(key, older_than=seq)
-        self.store.put_state(state)
-        return True
+    def _stale(self, applied: Commit) -> Outcome:
+        """An event already applied (a replay) or older than the commit. Cleanup runs again: it is
+        idempotent, and an earlier try of this event may have failed after writing or committing
+        (leaving chunks no cleanup had seen yet)."""
+        self.store.delete_chunks(applied.key, upto_seq=applied.sequencer, except_version=applied.version)
+        return Outcome(key=applied.key, action="stale", reason=f"already applied event {applied.sequencer}")
+
+    def _commit(self, record: Commit) -> bool:
+        """Commit ``record``; then clean up what it supersedes, or, having lost, our own chunks."""
+        if self.commits.commit(record):
+            self.store.delete_chunks(record.key, upto_seq=record.sequencer, except_version=record.version)
+            return True
+        if record.version is not None:
+            self.store.delete_chunks(record.key, version=record.version)
+        return False
 
     def _schedule_sweep(self, event: ObjectEvent) -> None:
-        """OpenSearch Serverless makes a write searchable only some seconds later, so the delete of
-        older chunks can miss a version written just before: sweep once more when it is visible."""
-        if self.store.custom_ids or self.sweeper is None or not event.sequencer:
+        """OpenSearch Serverless makes a write searchable only some seconds later, so a cleanup can
+        miss a chunk written just before: sweep once more when it is visible."""
+        if not self.store.needs_sweep or self.sweeper is None:
             return  # a domain is refreshed before deleting: nothing can be missed
         try:
             self.sweeper(event.model_copy(update={"action": "sweep"}))
-        except Exception as exc:  # the index is already right for all that was visible
+        except Exception as exc:  # readers see only committed chunks: a missed sweep leaves garbage only
             log.warning("could not schedule a sweep of %s: %s", event.key, type(exc).__name__)
 
     def _sweep(self, event: ObjectEvent) -> Outcome:
-        if not event.sequencer:
-            raise ValueError("a sweep needs the sequencer of the event it follows")
-        removed = self.store.delete_source(event.key, older_than=event.sequencer)
+        """Remove what the key's commit supersedes (idempotent; never the committed version)."""
+        commit = self.commits.get(event.key)
+        if commit is None:
+            return Outcome(key=event.key, action="swept", reason="no commit")
+        removed = self.store.delete_chunks(event.key, upto_seq=commit.sequencer, except_version=commit.version)
         return Outcome(key=event.key, action="swept", removed=removed)
 
     # upsert
 
     def _upsert(self, event: ObjectEvent, deadline: float | None = None) -> Outcome:
         key, seq = event.key, self._sequencer(event)
-        if stale := self._is_stale(key, seq):
-            return Outcome(key=key, action="stale", reason=f"already applied event {stale.sequencer}")
+        if applied := self._applied(key, seq):
+            return self._stale(applied)
         try:
             obj = self._get_object(event)
         except _Gone as gone:
             return Outcome(key=key, action=gone.action, reason=gone.reason)
-
-        state = SourceState(key=key, sequencer=seq, etag=event.etag, version_id=event.version_id)
+        token = event.token or new_token()
+        etag = event.etag or str(obj.get("ETag") or "").strip('"') or None
+        version_id = event.version_id or obj.get("VersionId")
         size = int(obj.get("ContentLength") or 0)
         try:
             if size > self.config.max_file_bytes:
@@ -168,20 +205,47 @@ class Indexer:
             del data
         except Unindexable as exc:
             obj["Body"].close()
-            # An overwrite with an unindexable file must still remove the old version's chunks.
-            state.chunks = 0
+            # An overwrite with an unindexable file must still hide and remove the old version.
             removed = self.store.count(key)
-            self._finish(key, seq, state)
+            record = Commit(key, seq, None, 0, etag=etag, version_id=version_id, reason=exc.reason)
+            if not self._commit(record):
+                return Outcome(key=key, action="superseded", reason="a newer event was applied meanwhile")
             return Outcome(key=key, action="skipped", reason=exc.reason, removed=removed)
 
         total = Outcome(key=key, action="indexed")
-        written: list[str] = []
+        resets = self.store.resets
         chunks = chunk_text(
             extracted.text, size=self.config.chunk_size, overlap=self.config.chunk_overlap, markdown=extracted.markdown
         )
-        # A pipeline: window i+1 is embedded while window i finishes embedding and window i-1 is
-        # written, so the embedder's slots never idle at a window boundary (a throttled call's
-        # backoff no longer stalls the others). At most three windows of vectors are in memory.
+        out_of_time = self._write(key, seq, token, event, islice(chunks, event.cursor, None), total, deadline)
+        if self.store.resets != resets or not self._complete(key, token, event.cursor + total.chunks):
+            if applied := self._applied(key, seq):  # another delivery committed and cleaned up ours
+                self.store.delete_chunks(key, version=token)
+                return total.model_copy(update={"action": "superseded", "reason": f"applied {applied.sequencer}"})
+            return self._restart(event, token, "the chunk index was deleted while this file was written")
+        if out_of_time:
+            return self._continue(event, token, event.cursor + total.chunks, total)
+        total.chunks += event.cursor
+        record = Commit(key, seq, token, total.chunks, etag=etag, version_id=version_id)
+        if not self._commit(record):
+            return total.model_copy(update={"action": "superseded", "reason": "this event was applied meanwhile"})
+        return total
+
+    def _write(
+        self,
+        key: str,
+        seq: str,
+        token: str,
+        event: ObjectEvent,
+        chunks: Iterator[Chunk],
+        total: Outcome,
+        deadline: float | None,
+    ) -> bool:
+        """Embed and write ``chunks`` under ``token``; returns whether it stopped for lack of time.
+
+        A pipeline: window i+1 is embedded while window i finishes embedding and window i-1 is
+        written, so the embedder's slots never idle at a window boundary (a throttled call's
+        backoff no longer stalls the others). At most three windows of vectors are in memory."""
         with (
             ThreadPoolExecutor(max_workers=2, thread_name_prefix="window") as embedding,
             ThreadPoolExecutor(max_workers=1, thread_name_prefix="bulk") as writer,
@@ -193,7 +257,7 @@ class Indexer:
                 nonlocal writing
                 docs, result, size = in_flight.popleft().result()
                 if writing is not None:
-                    written.extend(writing.result())  # surfaces a write failure before more is queued
+                    writing.result()  # surfaces a write failure before more is queued
                 writing = writer.submit(self.store.write_chunks, docs)
                 total.chunks += len(docs)
                 total.embedded += size - result.cached
@@ -201,40 +265,57 @@ class Indexer:
                 total.usage += result.usage
 
             out_of_time = False
-            for window in _windows(chunks, self.config.window):
-                if deadline is not None and time.monotonic() > deadline:
-                    out_of_time = True  # finish what is in flight: its vectors are the retry's cache
+            for n, window in enumerate(_windows(chunks, self.config.window)):
+                # at least one window per invocation, so a file always progresses toward its end
+                if n and deadline is not None and time.monotonic() > deadline:
+                    out_of_time = True  # finish what is in flight, then continue in another message
                     break
-                in_flight.append(embedding.submit(self._embed_window, key, seq, event, window))
+                in_flight.append(embedding.submit(self._embed_window, key, seq, token, event, window))
                 if len(in_flight) > 1:
                     drain_one()
             while in_flight:
                 drain_one()
             if writing is not None:
-                written.extend(writing.result())
-        if out_of_time:
+                writing.result()
+        return out_of_time
+
+    def _complete(self, key: str, token: str, expected: int) -> bool:
+        """Are all ``expected`` chunks of ``token`` in the index? Checked where a count is exact at
+        once (a domain, after refresh); on Serverless writes become countable only later."""
+        if self.store.needs_sweep:
+            return True
+        self.store.refresh()
+        return self.store.count(key, version=token) == expected
+
+    def _continue(self, event: ObjectEvent, token: str, cursor: int, total: Outcome) -> Outcome:
+        """Out of time: hand the rest to a continuation message (it does not count as a receive of
+        this one, so a big file never walks toward the dead-letter queue), or fail for a retry."""
+        if self.continuer is None:
             raise OutOfTime(
                 f"stopped after {total.chunks} chunks ({total.embedded} embedded) to end before the function's "
-                "timeout; the retry resumes: chunks embedded so far come from the index, not DashScope"
+                "timeout; the retry starts again: chunks embedded so far come from the index, not DashScope"
             )
-        if not self.store.custom_ids:
-            # Server-assigned ids make a retried write add copies: drop what an earlier, failed
-            # attempt at this same event left (deterministic ids overwrite it instead). Only now,
-            # after writing: until then its vectors served as the embedding cache.
-            self.store.delete_source(key, only_seq=seq, keep=written)
-        state.chunks = total.chunks
-        if not self._finish(key, seq, state):
-            return total.model_copy(update={"action": "superseded", "reason": "a newer event was applied meanwhile"})
-        return total
+        self.continuer(event.model_copy(update={"token": token, "cursor": cursor}))
+        return total.model_copy(update={"action": "continued", "reason": f"continues from chunk {cursor}"})
+
+    def _restart(self, event: ObjectEvent, token: str, why: str) -> Outcome:
+        """Chunks written under ``token`` went missing: never commit them; start the file afresh."""
+        log.warning("restarting %s: %s", event.key, why)
+        self.store.delete_chunks(event.key, version=token)
+        if self.continuer is None or event.restarts >= MAX_RESTARTS:
+            raise IncompleteWrite(why)
+        self.continuer(event.model_copy(update={"token": None, "cursor": 0, "restarts": event.restarts + 1}))
+        return Outcome(key=event.key, action="continued", reason=f"restarted: {why}")
 
     def _embed_window(
-        self, key: str, seq: str, event: ObjectEvent, window: list[Chunk]
+        self, key: str, seq: str, token: str, event: ObjectEvent, window: list[Chunk]
     ) -> tuple[list[ChunkDoc], EmbedResult, int]:
         result = self.embedder.embed([c.text for c in window])
         docs = [
             ChunkDoc(
-                id=chunk_id(key, seq, c.number),
+                id=chunk_id(key, token, c.number),
                 source_key=key,
+                version=token,
                 chunk_number=c.number,
                 text=c.text,
                 start=c.start,
@@ -242,7 +323,7 @@ class Indexer:
                 heading=c.heading,
                 content_hash=self.embedder.hash(c.text),
                 embedding_model=self.embedder.model.name,
-                source_seq=normalize_sequencer(seq),
+                source_seq=seq,
                 etag=event.etag,
                 version_id=event.version_id,
                 vector=vector,
@@ -276,11 +357,33 @@ class Indexer:
 
     def _remove(self, event: ObjectEvent) -> Outcome:
         key, seq = event.key, self._sequencer(event)
-        if stale := self._is_stale(key, seq):
-            return Outcome(key=key, action="stale", reason=f"already applied event {stale.sequencer}")
+        if applied := self._applied(key, seq):
+            return self._stale(applied)
         removed = self.store.count(key)
-        self._finish(key, seq, SourceState(key=key, sequencer=seq, deleted=True))
+        if not self._commit(Commit(key, seq, None, 0, deleted=True)):
+            return Outcome(key=key, action="stale", reason="a newer event was applied meanwhile")
         return Outcome(key=key, action="removed", removed=removed)
+
+    def _reconcile(self, event: ObjectEvent, deadline: float | None) -> Outcome:
+        """A version or a delete marker was removed, or a delete marker created (versioned bucket):
+        converge on what S3 serves now. The removed version need not be the current one, and
+        removing a delete marker makes the previous version current again (S3 user guide,
+        "Deleting object versions" / "Working with delete markers")."""
+        try:
+            head = self.s3.head_object(Bucket=event.bucket, Key=event.key)
+        except ClientError as exc:
+            code = exc.response.get("Error", {}).get("Code", "")
+            if code in ("NoSuchKey", "404", "NotFound", "405", "MethodNotAllowed"):  # none, or a delete marker
+                return self._remove(event)
+            raise
+        etag, version_id = str(head.get("ETag", "")).strip('"'), head.get("VersionId")
+        current = self.commits.get(event.key)
+        if current is not None and not current.deleted and (current.version_id, current.etag) == (version_id, etag):
+            return Outcome(key=event.key, action="stale", reason="S3 serves the version already committed")
+        serve = event.model_copy(
+            update={"action": "upsert", "reconcile": False, "etag": etag, "version_id": version_id, "size": None}
+        )
+        return self._upsert(serve, deadline)
 
 
 class _Gone(Exception):
@@ -296,10 +399,24 @@ class OutOfTime(RagError):
     retryable = True
 
 
+class IncompleteWrite(StoreError):
+    """Chunks written for this attempt went missing (the index was deleted meanwhile): retried."""
+
+
 class Unreadable(RagError):
     """The function may not read the object (permissions, Glacier): retried, then dead-lettered."""
 
     retryable = True
 
 
-__all__ = ["Indexer", "IndexerConfig", "OutOfTime", "Outcome", "StoreError", "Unreadable", "chunk_id"]
+__all__ = [
+    "IncompleteWrite",
+    "Indexer",
+    "IndexerConfig",
+    "OutOfTime",
+    "Outcome",
+    "StoreError",
+    "Unreadable",
+    "chunk_id",
+    "new_token",
+]

@@ -354,6 +354,11 @@ class Settings(BaseSettings):
     retry_base_seconds: int = Field(30, ge=0, le=43200)
     retry_max_seconds: int = Field(900, ge=0, le=43200)
 
+    # Consistency: the DynamoDB table of per-key commit records (which chunk version readers see),
+    # and the dead-letter queue a poison message is moved to at once instead of being retried
+    commit_table: str | None = None
+    dead_letter_queue_url: str | None = None
+
     # Retrieval
     rag_top_k: int = Field(5, ge=0, le=50)
 

@@ -1,8 +1,11 @@
-"""The OpenSearch k-NN vector store: chunk documents, per-source state, and search.
+"""The OpenSearch k-NN vector store: chunk documents, their cleanup, and search.
 
-Two indices: ``<index>`` holds one document per chunk (text, metadata, vector); ``<index>-sources``
-holds one small document per S3 key recording the newest event applied to it (its sequencer),
-so a replayed or late event can be recognised and ignored.
+``<index>`` holds one document per chunk (text, metadata, vector), tagged with the *version* token
+of the attempt that wrote it. Which version of a key readers may see is not recorded here but in
+the commit table (:mod:`rag_shared.commits`): search keeps only committed chunks, so a partly
+written, superseded or failed version is never served. One class per store kind:
+:class:`VectorStore` for a managed domain (own ids, refresh, delete-by-query) and
+:class:`ServerlessStore` for an OpenSearch Serverless collection (none of those).
 """
 
 from __future__ import annotations
@@ -11,9 +14,8 @@ import copy
 import logging
 import random
 import time
-from collections.abc import Callable, Collection, Iterable, Sequence
-from datetime import UTC, datetime
-from typing import Any, Literal, TypeVar
+from collections.abc import Callable, Sequence
+from typing import Any, ClassVar, Literal, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import orjson
@@ -23,6 +25,7 @@ from opensearchpy.exceptions import ConnectionTimeout, NotFoundError, Serializat
 from opensearchpy.serializer import JSONSerializer
 from pydantic import BaseModel, Field
 
+from rag_shared.commits import CommitStore, visible
 from rag_shared.config import OpenSearchAuth, Settings
 from rag_shared.errors import BulkWriteError, IndexMappingError, StoreError
 
@@ -62,10 +65,12 @@ BULK_BYTES = 8 * 1024 * 1024
 
 
 class ChunkDoc(BaseModel):
-    """One chunk as stored. ``id`` is deterministic: the source key's hash and the chunk number."""
+    """One chunk as stored. ``id``: the key's hash, the version token and the chunk number (never the
+    raw key: S3 keys reach 1,024 bytes, OpenSearch ids 512). ``version``: the writing attempt's token."""
 
     id: str
     source_key: str
+    version: str
     chunk_number: int
     text: str
     start: int
@@ -84,18 +89,6 @@ class ChunkDoc(BaseModel):
         return data
 
 
-class SourceState(BaseModel):
-    """The newest event applied to one S3 key."""
-
-    key: str
-    sequencer: str
-    etag: str | None = None
-    version_id: str | None = None
-    chunks: int = 0
-    deleted: bool = False
-    updated_at: str = Field(default_factory=lambda: datetime.now(UTC).isoformat())
-
-
 class SearchHit(BaseModel):
     id: str
     score: float
@@ -105,6 +98,7 @@ class SearchHit(BaseModel):
     heading: str | None = None
     start: int = 0
     end: int = 0
+    version: str | None = None
 
 
 class SearchFilter(BaseModel):
@@ -120,44 +114,6 @@ class SearchFilter(BaseModel):
         if self.keys:
             out.append({"terms": {"source_key": self.keys}})
         return out
-
-
-SEQ_WIDTH = 40  # S3 sequencers are ~16-20 hex digits; padding makes them comparable as keywords
-
-
-def normalize_sequencer(seq: str) -> str:
-    """Right-padded to a fixed width, so plain string order (and a keyword ``range``) is event order.
-
-    S3 sequencers are hex strings of varying length; the S3 user guide (event message structure)
-    says to right-pad the shorter with zeros and compare lexicographically.
-    """
-    seq = seq.upper()
-    if len(seq) > SEQ_WIDTH or any(c not in "0123456789ABCDEF" for c in seq):
-        raise ValueError(f"not an S3 sequencer: {seq[:50]!r}")
-    return seq.ljust(SEQ_WIDTH, "0")
-
-
-def sequencer_newer(candidate: str, current: str | None) -> bool:
-    """Is ``candidate`` a later S3 event than ``current`` on the same key?"""
-    return current is None or normalize_sequencer(candidate) > normalize_sequencer(current)
-
-
-def sequencer_after(seq: str | None) -> str:
-    """A sequencer just after ``seq`` and before any later real S3 event (for the backfill).
-
-    Real sequencers end long before the padded width, so adding one in the padding orders us
-    after ``seq`` (and after earlier backfills of it) but before the next real event.
-    """
-    base = normalize_sequencer(seq or "0")
-    return f"{int(base, 16) + 1:0{SEQ_WIDTH}X}"
-
-
-def _newest(states: Iterable[SourceState]) -> SourceState | None:
-    newest: SourceState | None = None
-    for state in states:
-        if newest is None or sequencer_newer(state.sequencer, newest.sequencer):
-            newest = state
-    return newest
 
 
 def index_body(dimensions: int, engine: str, *, serverless: bool) -> dict[str, Any]:
@@ -182,6 +138,7 @@ def index_body(dimensions: int, engine: str, *, serverless: bool) -> dict[str, A
                 },
                 "text": {"type": "text"},
                 "source_key": {"type": "keyword"},
+                "version": {"type": "keyword"},
                 "chunk_number": {"type": "integer"},
                 "start": {"type": "integer"},
                 "end": {"type": "integer"},
@@ -244,21 +201,6 @@ def index_template(name: str, body: dict[str, Any], *, guard: bool) -> dict[str,
         "priority": TEMPLATE_PRIORITY,
         "template": template,
     }
-
-
-STATE_MAPPING: dict[str, Any] = {
-    "mappings": {
-        "properties": {
-            "key": {"type": "keyword"},
-            "sequencer": {"type": "keyword"},
-            "etag": {"type": "keyword"},
-            "version_id": {"type": "keyword"},
-            "chunks": {"type": "integer"},
-            "deleted": {"type": "boolean"},
-            "updated_at": {"type": "date"},
-        }
-    }
-}
 
 
 # --- client -------------------------------------------------------------------------------------
@@ -330,6 +272,14 @@ def make_client(settings: Settings, *, credentials: Any = None, pool_maxsize: in
 
 
 class VectorStore:
+    """A managed OpenSearch domain: our own document ids, refresh, delete-by-query."""
+
+    serverless: ClassVar[bool] = False
+    # Whether a delete can miss a write made just before (so a delayed sweep should follow)
+    needs_sweep: ClassVar[bool] = False
+    # Reads fetch this many times ``k`` hits, so that enough remain after dropping uncommitted ones
+    OVERFETCH: ClassVar[int] = 3
+
     def __init__(
         self,
         client: OpenSearch,
@@ -337,30 +287,34 @@ class VectorStore:
         dimensions: int,
         *,
         engine: Literal["faiss", "lucene"] = "lucene",
-        serverless: bool = False,
+        commits: CommitStore | None = None,
         max_attempts: int = 5,
         backoff_seconds: float = 0.5,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.client = client
         self.index = index
-        self.state_index = f"{index}-sources"
         self.dimensions = dimensions
         self.engine = engine
-        self.serverless = serverless
+        self.commits = commits
         self.max_attempts = max_attempts
         self.backoff_seconds = backoff_seconds
         self._sleep = sleep
         self._ready = False
+        self.resets = 0  # times this store found its index gone mid-write and created it again
 
     @classmethod
-    def from_settings(cls, settings: Settings, client: OpenSearch | None = None) -> VectorStore:
-        return cls(
+    def from_settings(
+        cls, settings: Settings, client: OpenSearch | None = None, commits: CommitStore | None = None
+    ) -> VectorStore:
+        """The store kind ``OPENSEARCH_SERVICE`` names, reading commits from ``COMMIT_TABLE``."""
+        kind = ServerlessStore if settings.opensearch_service == "aoss" else VectorStore
+        return kind(
             client or make_client(settings),
             settings.opensearch_index,
             settings.dimensions,
             engine=settings.opensearch_engine,
-            serverless=settings.opensearch_service == "aoss",
+            commits=commits or CommitStore.from_settings(settings),
         )
 
     # retries
@@ -390,35 +344,31 @@ class VectorStore:
     # index management
 
     def ensure_index(self) -> None:
-        """Make both indices usable before the first write, and refuse a chunk index built for
-        another vector size or similarity. In order: read the version (a domain; Serverless has no
-        ``GET /``) to choose the engine, install the index templates, notice a chunk index that was
-        lost (deleted, or re-created by a write) and reset the per-source states that describe it,
-        create what is missing, and check the mapping. Never deletes an index on Serverless: the
-        data access policy grants no aoss:DeleteIndex."""
+        """Make the chunk index usable before the first write, and refuse one built for another vector
+        size or similarity. In order: read the version (a domain; Serverless has no ``GET /``) to choose
+        the engine, install the index template (so a write to a missing index cannot create it with
+        dynamic mappings), adopt a chunk index that a write re-created under the template's guard,
+        create it if missing, and check the mapping. Never deletes an index: the Serverless data
+        access policy grants no aoss:DeleteIndex. A lost index needs no reset here: commit records
+        live in DynamoDB and the backfill re-indexes a file whose committed chunks are not all there."""
         if self._ready:
             return
         engine = self.engine_for_cluster()
         chunk_body = index_body(self.dimensions, engine, serverless=self.serverless)
         self._put_template(self.index, index_template(self.index, chunk_body, guard=True))
-        self._put_template(self.state_index, index_template(self.state_index, STATE_MAPPING, guard=False))
-        chunks_exist = self._retry("index exists", lambda: self.client.indices.exists(index=self.index))
-        states_exist = self._retry("index exists", lambda: self.client.indices.exists(index=self.state_index))
-        recreated = chunks_exist and self._guarded()
-        if states_exist and (not chunks_exist or recreated):
-            # The chunk index was deleted (and maybe re-created by a write): the recorded states
-            # describe vectors that are gone, and would make the backfill skip those files as
-            # unchanged. Drop them; the backfill restores all.
-            log.warning("chunk index %s was lost; resetting %s so a backfill re-indexes", self.index, self.state_index)
-            states_exist = self._reset_states()
-        if recreated:  # adopt it: the template gave it every setting and field but the vector
+        exists = self._retry("index exists", lambda: self.client.indices.exists(index=self.index))
+        if exists and self._guarded():  # adopt it: the template gave it every setting and field but the vector
+            log.warning("chunk index %s was re-created by a write; adding its k-NN field", self.index)
             mapping = chunk_body["mappings"]
             body = {"dynamic": mapping["dynamic"], "properties": {VECTOR_FIELD: mapping["properties"][VECTOR_FIELD]}}
             self._retry("adopt index", lambda: self.client.indices.put_mapping(index=self.index, body=body))
-        if not chunks_exist:
-            self._create(self.index, chunk_body)
-        if not states_exist:
-            self._create(self.state_index, STATE_MAPPING)
+        if not exists:
+            try:
+                self._create(self.index, chunk_body)
+                log.info("created index %s", self.index)
+            except StoreError as exc:
+                if "resource_already_exists" not in str(exc):  # another instance won the race
+                    raise
         self._check_mapping()
         self._ready = True
 
@@ -460,15 +410,6 @@ class VectorStore:
             return bool(mappings.get("dynamic") == GUARD and VECTOR_FIELD not in mappings.get("properties", {}))
         return False
 
-    def _reset_states(self) -> bool:
-        """Forget every per-source state; returns whether the state index still exists."""
-        if not self.serverless:
-            self._retry("reset states", lambda: self.client.indices.delete(index=self.state_index))
-            return False
-        # Serverless: no aoss:DeleteIndex, so delete the records one by one instead.
-        self._delete_matching(self.state_index, {"match_all": {}})
-        return True
-
     def _create(self, name: str, body: dict[str, Any]) -> None:
         try:
             self._retry("create index", lambda: self.client.indices.create(index=name, body=body))
@@ -499,28 +440,18 @@ class VectorStore:
             raise IndexMappingError(f"index {self.index} uses space {space!r}; this service needs {SPACE!r}; {fix}")
 
     def refresh(self) -> None:
-        """Make recent writes searchable now; Serverless has no refresh API and refreshes itself."""
-        if not self.serverless:
-            self._retry("refresh", lambda: self.client.indices.refresh(index=f"{self.index},{self.state_index}"))
+        """Make recent writes searchable now."""
+        self._retry("refresh", lambda: self.client.indices.refresh(index=self.index))
 
     # writes
 
-    @property
-    def custom_ids(self) -> bool:
-        """Whether documents may carry our ids. OpenSearch Serverless vector collections assign ids
-        themselves and reject "Document ID is not supported in create/index operation request"."""
-        return not self.serverless
+    def _action(self, doc: ChunkDoc) -> dict[str, Any]:
+        return {"_op_type": "index", "_index": self.index, "_id": doc.id, "_source": doc.body()}
 
     def write_chunks(self, docs: Sequence[ChunkDoc]) -> list[str]:
         """Bulk-index; items that fail transiently are retried alone, with backoff. Returns the ids
         written (on Serverless, the ones the collection assigned)."""
-        return self._bulk(
-            [
-                {"_op_type": "index", "_index": self.index, "_source": d.body()}
-                | ({"_id": d.id} if self.custom_ids else {})
-                for d in docs
-            ]
-        )
+        return self._bulk([self._action(d) for d in docs])
 
     def _bulk(self, actions: list[dict[str, Any]]) -> list[str]:
         """Send ``actions`` in requests of at most BULK_DOCS / BULK_BYTES; returns the ids done.
@@ -573,6 +504,7 @@ class VectorStore:
                 raise BulkWriteError(f"{len(fatal)} bulk items rejected: {fatal[:3]}")
             if index_missing:
                 log.warning("index %s disappeared; creating it again", self.index)
+                self.resets += 1  # what was written before is gone: the writer must not commit
                 self._ready = False
                 self.ensure_index()
             pending = failed
@@ -583,44 +515,7 @@ class VectorStore:
             raise BulkWriteError(f"{len(pending)} bulk items still failing after {self.max_attempts} attempts")
         return done
 
-    def _delete_matching(self, index: str, query: dict[str, Any]) -> int:
-        """Delete by query without ``_delete_by_query``: search the ids, bulk-delete them, repeat
-        until a search finds nothing new. What Serverless has not made searchable yet is missed,
-        as any query-based delete would miss it."""
-        seen: set[str] = set()
-        deleted = 0
-        body = {"size": 1000, "_source": False, "query": query}
-        while True:
-            result = self._retry(
-                "find documents to delete",
-                lambda: self.client.search(index=index, body=body, params={"ignore": 404}),
-            )
-            ids = [h["_id"] for h in result.get("hits", {}).get("hits", []) if h["_id"] not in seen]
-            if not ids:
-                return deleted
-            seen.update(ids)
-            deleted += len(self._bulk([{"_op_type": "delete", "_index": index, "_id": i} for i in ids]))
-
-    def delete_source(
-        self,
-        key: str,
-        *,
-        older_than: str | None = None,
-        only_seq: str | None = None,
-        keep: Collection[str] = (),
-    ) -> int:
-        """Delete chunks of ``key``: all, those written for events before ``older_than``, or one
-        event's; never the documents whose ids are in ``keep``."""
-        clauses: list[dict[str, Any]] = [{"term": {"source_key": key}}]
-        if older_than is not None:
-            clauses.append({"range": {"source_seq": {"lt": normalize_sequencer(older_than)}}})
-        if only_seq is not None:
-            clauses.append({"term": {"source_seq": normalize_sequencer(only_seq)}})
-        query: dict[str, Any] = {"bool": {"filter": clauses}}
-        if keep:
-            query["bool"]["must_not"] = [{"ids": {"values": list(keep)}}]
-        if not self.custom_ids:
-            return self._delete_matching(self.index, query)
+    def _delete_query(self, query: dict[str, Any]) -> int:
         self.refresh()  # delete-by-query sees only refreshed documents
         result = self._retry(
             "delete by query",
@@ -631,70 +526,24 @@ class VectorStore:
             ),
         )
         if result.get("failures"):
-            raise StoreError(f"delete of stale chunks for {key} had failures: {result['failures'][:2]}")
+            raise StoreError(f"delete of chunks had failures: {result['failures'][:2]}")
         return int(result.get("deleted", 0))
 
-    # per-source state
-
-    def get_state(self, key: str) -> SourceState | None:
-        if not self.custom_ids:
-            records = self._state_records(key)
-            return _newest(state for _, state in records)
-        try:
-            # ignore=404: a key seen for the first time is normal, not a warning in the log
-            doc = self._retry(
-                "get state", lambda: self.client.get(index=self.state_index, id=key, params={"ignore": 404})
-            )
-        except NotFoundError:
-            return None
-        return SourceState.model_validate(doc["_source"]) if doc.get("found") else None
-
-    def put_state(self, state: SourceState) -> None:
-        if self.custom_ids:
-            self._retry(
-                "put state",
-                lambda: self.client.index(index=self.state_index, id=state.key, body=state.model_dump()),
-            )
-            return
-        # Serverless: one record per event, the newest sequencer wins; older records are removed
-        # once searchable (a reader takes the newest, so one left behind changes nothing).
-        older = [i for i, r in self._state_records(state.key) if sequencer_newer(state.sequencer, r.sequencer)]
-        self._retry("put state", lambda: self.client.index(index=self.state_index, body=state.model_dump()))
-        if older:
-            self._bulk([{"_op_type": "delete", "_index": self.state_index, "_id": i} for i in older])
-
-    def _state_records(self, key: str) -> list[tuple[str, SourceState]]:
-        body = {"size": 100, "query": {"term": {"key": key}}}
-        result = self._retry(
-            "get state", lambda: self.client.search(index=self.state_index, body=body, params={"ignore": 404})
-        )
-        return [(h["_id"], SourceState.model_validate(h["_source"])) for h in result.get("hits", {}).get("hits", [])]
-
-    def list_states(self, prefix: str = "") -> dict[str, SourceState]:
-        """Every recorded source under ``prefix`` (the backfill compares them with the bucket)."""
-        query: dict[str, Any] = {"prefix": {"key": prefix}} if prefix else {"match_all": {}}
-        out: dict[str, SourceState] = {}
-        self.refresh()
-        after: list[str] | None = None
-        while True:  # search_after paging: works on Serverless too, unlike scroll
-            body: dict[str, Any] = {
-                "size": 1000,
-                "query": query,
-                "sort": [{"key": "asc"}, {"updated_at": "asc"}],  # a key may have several records
-            }
-            if after is not None:
-                body["search_after"] = after
-            hits = self._retry(
-                "list states",
-                lambda b=body: self.client.search(index=self.state_index, body=b, params={"ignore": 404}),  # type: ignore[misc]
-            )
-            page = hits.get("hits", {}).get("hits", [])
-            for hit in page:
-                state = SourceState.model_validate(hit["_source"])
-                out[state.key] = _newest([state, out[state.key]]) if state.key in out else state  # type: ignore[assignment]
-            if len(page) < 1000:
-                return out
-            after = page[-1]["sort"]
+    def delete_chunks(
+        self, key: str, *, upto_seq: str | None = None, except_version: str | None = None, version: str | None = None
+    ) -> int:
+        """Delete chunks of ``key``: those of events up to ``upto_seq`` (normalized sequencer) except
+        the version ``except_version`` (cleanup after a commit: never the committed version, never a
+        later event's write in progress), or those of one ``version`` (an attempt that lost)."""
+        clauses: list[dict[str, Any]] = [{"term": {"source_key": key}}]
+        if upto_seq is not None:
+            clauses.append({"range": {"source_seq": {"lte": upto_seq}}})
+        if version is not None:
+            clauses.append({"term": {"version": version}})
+        query: dict[str, Any] = {"bool": {"filter": clauses}}
+        if except_version is not None:
+            query["bool"]["must_not"] = [{"term": {"version": except_version}}]
+        return self._delete_query(query)
 
     # reads
 
@@ -721,6 +570,14 @@ class VectorStore:
         return found
 
     def search(self, vector: Sequence[float], k: int, flt: SearchFilter | None = None) -> list[SearchHit]:
+        """The ``k`` nearest chunks readers may see: with a commit table, only chunks of each key's
+        committed version (over-fetched ``OVERFETCH`` times, then filtered by :func:`visible`)."""
+        if self.commits is None:
+            return self.search_all(vector, k, flt)
+        return visible(self.search_all(vector, k * self.OVERFETCH, flt), self.commits, k)
+
+    def search_all(self, vector: Sequence[float], k: int, flt: SearchFilter | None = None) -> list[SearchHit]:
+        """The ``k`` nearest chunks, committed or not."""
         knn: dict[str, Any] = {"vector": list(vector), "k": k}
         clauses = flt.clauses() if flt else []
         if clauses:
@@ -747,27 +604,61 @@ class VectorStore:
                     heading=src.get("heading"),
                     start=int(src.get("start", 0)),
                     end=int(src.get("end", 0)),
+                    version=src.get("version"),
                 )
             )
         return hits
 
-    def count(self, key: str | None = None) -> int:
-        query = {"term": {"source_key": key}} if key else {"match_all": {}}
+    def count(self, key: str | None = None, version: str | None = None) -> int:
+        """Chunks of ``key`` (of one ``version`` if given), or of all keys."""
+        clauses: list[dict[str, Any]] = [{"term": {"source_key": key}}] if key else []
+        if version is not None:
+            clauses.append({"term": {"version": version}})
+        query: dict[str, Any] = {"bool": {"filter": clauses}} if clauses else {"match_all": {}}
         result = self._retry(
             "count", lambda: self.client.count(index=self.index, body={"query": query}, params={"ignore": 404})
         )
         return int(result.get("count", 0))
 
 
+class ServerlessStore(VectorStore):
+    """An OpenSearch Serverless vector collection: it assigns document ids itself and refuses ours
+    ("Document ID is not supported in create/index operation request"), has no refresh API and no
+    ``_delete_by_query``, and makes a write searchable only some seconds later. So deletes search
+    for ids and bulk-delete them, and can miss what was written just before: a delayed sweep follows."""
+
+    serverless: ClassVar[bool] = True
+    needs_sweep: ClassVar[bool] = True
+
+    def refresh(self) -> None:
+        """Serverless has no refresh API and refreshes itself."""
+
+    def _action(self, doc: ChunkDoc) -> dict[str, Any]:
+        return {"_op_type": "index", "_index": self.index, "_source": doc.body()}
+
+    def _delete_query(self, query: dict[str, Any]) -> int:
+        """Search the ids, bulk-delete them, repeat until a search finds nothing new."""
+        seen: set[str] = set()
+        deleted = 0
+        body = {"size": 1000, "_source": False, "query": query}
+        while True:
+            result = self._retry(
+                "find documents to delete",
+                lambda: self.client.search(index=self.index, body=body, params={"ignore": 404}),
+            )
+            ids = [h["_id"] for h in result.get("hits", {}).get("hits", []) if h["_id"] not in seen]
+            if not ids:
+                return deleted
+            seen.update(ids)
+            deleted += len(self._bulk([{"_op_type": "delete", "_index": self.index, "_id": i} for i in ids]))
+
+
 __all__ = [
     "ChunkDoc",
     "SearchFilter",
     "SearchHit",
-    "SourceState",
+    "ServerlessStore",
     "VectorStore",
     "index_body",
     "make_client",
-    "normalize_sequencer",
-    "sequencer_after",
-    "sequencer_newer",
 ]
