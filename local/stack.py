@@ -146,8 +146,8 @@ class LocalStack:
                 "  (canned answers built from the retrieved passages, not Qwen; set DASHSCOPE_API_KEY for real ones)"
             )
         # the key goes through Secrets Manager, as in AWS
-        secret = {"Name": f"qwen-rag/dashscope-{self.run_id}", "SecretString": json.dumps({"api_key": key})}
-        arn = sm.create_secret(**secret)["ARN"]
+        name = f"qwen-rag/dashscope-{self.run_id}"
+        arn = sm.create_secret(Name=name, SecretString=json.dumps({"api_key": key}))["ARN"]
         self._saved_env.setdefault("DASHSCOPE_API_KEY", os.environ.get("DASHSCOPE_API_KEY"))
         os.environ.pop("DASHSCOPE_API_KEY", None)
         self._setenv(DASHSCOPE_SECRET_ARN=arn)
