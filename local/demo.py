@@ -138,7 +138,7 @@ def _one_pass(stack: LocalStack) -> int:
     return pump(boto3.client("sqs"), stack.queue_url)
 
 
-def main(argv: list[str] | None = None) -> int:
+def parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m local.demo", description=(__doc__ or "").splitlines()[0])
     parser.add_argument("question", nargs="?", default=QUESTION)
     parser.add_argument("--docs", default=str(ROOT / "samples"), help="folder to index (make DOCS=...)")
@@ -146,7 +146,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=8080, help="chat app port with --serve (bearer token)")
     parser.add_argument("--iam-port", type=int, default=8081, help="SigV4-checking function URL port with --serve")
     parser.add_argument("--aws-port", type=int, default=8082, help="local S3/SQS (moto) port with --serve")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
     from rag_shared.errors import ConfigError
 
     from local.servers import PortInUse

@@ -193,14 +193,13 @@ class LocalStack:
         # the chat app, as run.sh starts it behind the adapter
         self.token = os.environ.get("CHAT_TOKEN") or os.environ.get("CHAT_API_TOKEN") or DEFAULT_TOKEN
         self._setenv(CHAT_AUTH_MODE="token", CHAT_API_TOKEN=self.token, CHAT_PAGE=os.environ.get("CHAT_PAGE", "true"))
-        from chat.app import build_deps, create_app
+        from chat.app import create_app
         from chat.settings import ChatSettings
 
         from local.servers import AppServer
 
         handler.reset()
-        deps = build_deps()
-        server = AppServer(create_app(deps), port=self.chat_port or None)
+        server = AppServer(create_app(), port=self.chat_port or None)
         self._stack.enter_context(server)
         self.chat_url = server.url
         self.say(f"• Chat app: uvicorn on {self.chat_url} (bearer token auth: CHAT_TOKEN={self.token})")
@@ -208,7 +207,8 @@ class LocalStack:
             # the default AWS_IAM function URL: the stand-in checks SigV4 as AWS does, then relays
             from standins.function_url import FunctionUrl
 
-            inner = self._stack.enter_context(AppServer(create_app(deps, ChatSettings(chat_auth_mode="iam"))))
+            # its own app and clients: an async client is bound to the event loop of the server that made it
+            inner = self._stack.enter_context(AppServer(create_app(None, ChatSettings(chat_auth_mode="iam"))))
             front = FunctionUrl(inner.url, LOCAL_CREDENTIALS, region="us-east-1")
             try:
                 front.start(self.iam_port)
