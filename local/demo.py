@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 import threading
 import time
@@ -76,13 +77,13 @@ def print_answer(result: dict[str, object]) -> None:
 def serve_instructions(stack: LocalStack, aws_url: str) -> str:
     return (
         f"\nServing. In another shell:\n"
-        f"  export URL={stack.chat_url} CHAT_TOKEN={stack.token}          # bearer token (ChatAuthType=NONE)\n"
+        f"  export URL={stack.chat_url} CHAT_TOKEN={stack.token}   # bearer token (as ChatAuthType=NONE)\n"
         f'  curl -N "$URL/chat/completions/stream" -H "Authorization: Bearer $CHAT_TOKEN" '
         '-H \'content-type: application/json\' -d \'{"messages":[{"role":"user","content":"What is the '
         "on-call rotation?\"}]}'\n"
         + (
-            f"  SigV4 (AWS_IAM, the default in AWS): URL={stack.iam_url} "
-            "AWS_ACCESS_KEY_ID=local AWS_SECRET_ACCESS_KEY=local AWS_REGION=us-east-1\n"
+            f"  export URL={stack.iam_url} AWS_ACCESS_KEY_ID=local AWS_SECRET_ACCESS_KEY=local "
+            "AWS_REGION=us-east-1   # SigV4 (as the default AWS_IAM)\n"
             if stack.iam_url
             else ""
         )
@@ -120,8 +121,8 @@ def run(args: argparse.Namespace) -> int:
         print_answer(result)
         if args.serve:
             stack.keep_indexing(mirror)
-            print(serve_instructions(stack, stack.env["AWS_ENDPOINT_URL"]))
             try:
+                print(serve_instructions(stack, stack.env["AWS_ENDPOINT_URL"]), flush=True)
                 threading.Event().wait()
             except KeyboardInterrupt:
                 pass
@@ -155,11 +156,17 @@ def main(argv: list[str] | None = None) -> int:
 
     from local.servers import PortInUse
 
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)  # `kill` stops as cleanly as Ctrl-C
     try:
         return run(args)
     except (ConfigError, StackError, PortInUse) as exc:
         print(f"\nerror: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # while starting or indexing; the stack has been stopped on the way out
+        print("\nInterrupted; local stack stopped.", file=sys.stderr)
+        return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

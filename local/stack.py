@@ -282,5 +282,6 @@ class LocalStack:
         pumper = Poller(lambda: pump(sqs, self.queue_url, max_rounds=1, wait_seconds=1), 0.0, "queue", self.say)
         self._stack.callback(pumper.start().stop)
         if mirror is not None:
-            watcher = Poller(mirror.sync, interval, "watcher", self.say)
+            # quiet: the indexer's line for each file is the one line to read
+            watcher = Poller(lambda: mirror.sync(quiet=True), interval, "watcher", self.say)
             self._stack.callback(watcher.start().stop)

@@ -104,3 +104,47 @@ def test_a_busy_port_names_the_option() -> None:
         code, _, err = run("--docs", str(DOCS), "--serve", "--port", str(port), "--iam-port", "0", "--aws-port", "0")
     assert code == 2
     assert f"port {port} is already in use" in err and "--port N" in err, err
+
+
+def test_serve_prints_how_to_call_it_and_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from local.stack import ROOT
+
+    env = {k: v for k, v in os.environ.items() if k not in UNSET} | {"CHAT_TOKEN": "my-own-token"}
+    ports = ["--port", "0", "--iam-port", "0", "--aws-port", "0"]
+    proc = subprocess.Popen(  # noqa: S603
+        [sys.executable, "-m", "local.demo", "--serve", "--docs", str(DOCS), *ports],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    lines: list[str] = []
+    try:
+        assert proc.stdout is not None
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            if not line:
+                break
+            lines.append(line)
+            if "Ctrl-C stops everything." in line:
+                break
+        text = "".join(lines)
+        assert "Ctrl-C stops everything." in text, text
+        assert "CHAT_TOKEN=my-own-token" in text and "/#token=my-own-token" in text
+        assert "AWS_ACCESS_KEY_ID=local AWS_SECRET_ACCESS_KEY=local AWS_REGION=us-east-1" in text
+        proc.send_signal(signal.SIGTERM)
+        rest, _ = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, rest
+    assert "Local stack stopped." in rest
