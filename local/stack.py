@@ -73,6 +73,9 @@ class LocalStack:
 
     def __exit__(self, *exc: Any) -> None:
         self._stack.close()
+        from indexer import handler
+
+        handler.reset()  # its wired clients point at this stack's services, now gone
         for k, v in self._saved_env.items():
             if v is None:
                 os.environ.pop(k, None)

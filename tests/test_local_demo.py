@@ -4,14 +4,20 @@ failures that say in one line what to change, quickly."""
 from __future__ import annotations
 
 import io
+import shutil
 import socket
+from collections.abc import Iterator
 from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 
+import boto3
 import pytest
 
 from local import demo
-from standins.dashscope import DashScopeStandIn
+from local.report import summary
+from local.sqs_pump import pump
+from local.stack import LocalStack
+from standins.dashscope import DashScopeStandIn, Fault
 
 DOCS = Path(__file__).parent / "local_stack" / "demo_docs"
 UNSET = (
@@ -148,3 +154,34 @@ def test_serve_prints_how_to_call_it_and_stops_cleanly_on_sigterm(tmp_path: Path
             proc.wait()
     assert proc.returncode == 0, rest
     assert "Local stack stopped." in rest
+
+
+@pytest.fixture
+def failing_dashscope(monkeypatch: pytest.MonkeyPatch) -> Iterator[DashScopeStandIn]:
+    ds = DashScopeStandIn({"sk-right"}).start()
+    monkeypatch.setenv("DASHSCOPE_API_KEY", "sk-right")
+    monkeypatch.setenv("DASHSCOPE_BASE_URL", ds.base_url)
+    yield ds
+    ds.stop()
+
+
+def test_files_that_fail_are_counted_as_failed_with_their_reason(
+    failing_dashscope: DashScopeStandIn, tmp_path: Path
+) -> None:
+    lines: list[str] = []
+    docs = tmp_path / "docs"
+    shutil.copytree(DOCS, docs)
+    with LocalStack(say=lines.append) as stack:
+        assert len(failing_dashscope.calls("/embeddings")) == 1  # the start-up check passed
+        overloaded = Fault(status=503, code="ServiceUnavailable", message="overloaded", path="/embeddings")
+        failing_dashscope.inject(overloaded, times=100)
+        stack.mirror(docs).sync(quiet=True)
+        pump(boto3.client("sqs"), stack.queue_url)
+        assert stack.lines is not None
+        counts = stack.lines.take()
+    assert summary(counts) == "2 failed, 0 indexed"
+    failed = [line for line in lines if line.strip().startswith("failed")]
+    assert len(failed) == 2, lines
+    assert all("(try 1, again in 5 s)" in line for line in failed), failed
+    # locally one retry per call, not a Lambda's five
+    assert len(failing_dashscope.calls("/embeddings", status=503)) == 2 * 2, failing_dashscope.calls("/embeddings")
