@@ -125,3 +125,20 @@ def test_page_is_served_without_the_token_and_only_when_enabled(served: Served) 
     assert served.stack.token not in r.text
     # the API behind it still wants the token
     assert httpx.post(served.stack.chat_url + "/chat/completions/stream", json={}).status_code == 401
+
+
+def test_the_page_is_off_unless_chat_page_is_true(monkeypatch: pytest.MonkeyPatch) -> None:
+    from chat import page
+    from fastapi import FastAPI
+
+    from local.stack import ROOT
+
+    monkeypatch.delenv("CHAT_PAGE", raising=False)
+    assert page.PageSettings().chat_page is False
+    assert "CHAT_PAGE" not in (ROOT / "template.yaml").read_text()  # a deployed function has no page
+    off, on = FastAPI(), FastAPI()
+    page.mount(off)
+    monkeypatch.setenv("CHAT_PAGE", "true")
+    page.mount(on)
+    assert [m.cls for m in off.user_middleware] == []
+    assert [m.cls for m in on.user_middleware] == [page.PageMiddleware]
