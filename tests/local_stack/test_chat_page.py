@@ -141,4 +141,4 @@ def test_the_page_is_off_unless_chat_page_is_true(monkeypatch: pytest.MonkeyPatc
     monkeypatch.setenv("CHAT_PAGE", "true")
     page.mount(on)
     assert [m.cls for m in off.user_middleware] == []
-    assert [m.cls for m in on.user_middleware] == [page.PageMiddleware]
+    assert [m.cls for m in on.user_middleware] == [page.PageMiddleware]  # type: ignore[comparison-overlap]
