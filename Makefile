@@ -3,36 +3,68 @@ SHELL := /bin/bash
 .DEFAULT_GOAL := help
 export SAM_CLI_TELEMETRY := 0
 
-# Lambda runs Python 3.12: use it for the virtualenv (and so for `sam build`) when pyenv has it.
-PYENV_312 := $(shell pyenv root 2>/dev/null)/versions/3.12.1/bin/python3.12
-PYTHON ?= $(if $(wildcard $(PYENV_312)),$(PYENV_312),$(shell command -v python3.12 || command -v python3))
+# Lambda runs Python 3.12, and `sam build` (without a container) needs the same version: the virtualenv
+# is made with pyenv's newest 3.12 if any, else python3.12 from PATH, else `make PYTHON=/path/to/python3.12`.
+PYENV_312 := $(lastword $(sort $(wildcard $(shell pyenv root 2>/dev/null)/versions/3.12.*/bin/python3.12)))
+PYTHON ?= $(or $(PYENV_312),$(shell command -v python3.12 2>/dev/null),python3.12)
+UV := $(shell command -v uv 2>/dev/null)
 VENV := .venv
 BIN := $(VENV)/bin
 RUN := PATH="$(CURDIR)/$(BIN):$$PATH"
+DOCS ?= samples
+Q ?=
+ARGS ?=
 
-.PHONY: help setup demo serve lint typecheck validate build unit test soak bench doctor clean
+.PHONY: help setup demo serve deploy backfill lint typecheck validate build unit test soak bench bench-results doctor clean
 
 help:
-	@echo "make demo      set up, start the local stack, index samples/, stream an answer"
-	@echo "make serve     the same, then keep serving on http://127.0.0.1:8080 (Ctrl-C stops)"
+	@echo "make demo      set up, start the local stack, index DOCS (default samples/), stream an answer"
+	@echo "               (make demo DOCS=./my-docs Q=\"your question\")"
+	@echo "make serve     the same, then keep serving and indexing DOCS on http://127.0.0.1:8080 (Ctrl-C stops);"
+	@echo "               bearer token CHAT_TOKEN (default local-dev-token), browser page at /, SigV4 on :8081"
 	@echo "make test      lint, types, sam validate --lint, sam build, tests"
 	@echo "make soak      many random indexing schedules (SCHEDULES=200 per store kind), invariants checked"
-	@echo "make bench     benchmarks (bench/), printing ratios measured side by side"
+	@echo "make deploy    sam build + sam deploy --guided with the virtualenv's SAM CLI (ARGS=... for more options)"
+	@echo "make backfill  index what is already in the deployed bucket (ARGS=\"--prune\" or \"--dry-run\")"
+	@echo "make bench     benchmarks (bench/), printed and written to .bench/RESULTS.md"
+	@echo "make bench-results  the same, written to the tracked bench/RESULTS.md"
+	@echo "Needs python3.12 (found: $(PYTHON)) and make; uv is used when installed: $(or $(UV),not found)."
 	@echo "make doctor    check the configured DashScope and OpenSearch (key, region, models, index)"
 
 $(BIN)/.installed: pyproject.toml
-	$(PYTHON) -m venv $(VENV)
+	@if ! "$(PYTHON)" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 12))' 2>/dev/null; then \
+	  echo "error: Python 3.12 is needed (Lambda's runtime, and sam build uses it); '$(PYTHON)' is not it." >&2; \
+	  echo "  Get it with one of: uv python install 3.12 | pyenv install 3.12 | apt-get install python3.12 | brew install python@3.12," >&2; \
+	  echo "  then run make again, or point at it: make $(or $(MAKECMDGOALS),setup) PYTHON=/path/to/python3.12" >&2; \
+	  exit 2; \
+	fi
+ifneq ($(UV),)
+	@echo "Creating $(VENV) with uv (Python $$("$(PYTHON)" -V | cut -d' ' -f2)) and installing the dev dependencies…"
+	"$(UV)" venv --seed --allow-existing -p "$(PYTHON)" $(VENV)  # --seed: sam build needs pip in it
+	"$(UV)" pip install -p $(BIN)/python -e '.[dev]'
+else
+	@echo "Creating $(VENV) (Python $$("$(PYTHON)" -V | cut -d' ' -f2)) and installing the dev dependencies with pip"
+	@echo "(about 580 MB, a few minutes; install uv to make this ~5x faster)…"
+	"$(PYTHON)" -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --progress-bar on -e '.[dev]'
+endif
 	touch $@
 
 setup: $(BIN)/.installed
 
 demo: setup
-	$(RUN) python -m local.demo
+	$(RUN) python -m local.demo --docs "$(DOCS)" $(if $(Q),"$(Q)") $(ARGS)
 
 serve: setup
-	$(RUN) python -m local.demo --serve
+	$(RUN) python -m local.demo --serve --docs "$(DOCS)" $(if $(Q),"$(Q)") $(ARGS)
+
+deploy: setup
+	$(RUN) sam build
+	$(RUN) sam deploy --guided $(ARGS)
+
+backfill: setup
+	$(RUN) python -m local.backfill $(ARGS)
 
 lint: setup
 	$(RUN) ruff check .
@@ -56,7 +88,10 @@ soak: setup  # many more random indexing schedules than the suite runs (SCHEDULE
 	set -o pipefail; SCHEDULES=$${SCHEDULES:-200} $(RUN) python -m pytest -q -s -x -p no:cacheprovider tests/test_schedules.py | grep -E "^schedules run|[0-9]+ (passed|failed)|AssertionError: seed" | tail -3
 
 bench: setup build
-	$(RUN) python -m bench
+	BENCH_RESULTS=.bench/RESULTS.md $(RUN) python -m bench
+
+bench-results: setup build
+	BENCH_RESULTS=bench/RESULTS.md $(RUN) python -m bench
 
 doctor: setup
 	$(RUN) python -m rag_shared.doctor

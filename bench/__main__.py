@@ -62,8 +62,11 @@ def main(argv: list[str]) -> int:
         ]
     )
     if not argv:
-        Path(__file__).with_name("RESULTS.md").write_text(text, encoding="utf-8")
-        print("\nwritten to bench/RESULTS.md", file=sys.stderr)
+        # `make bench` writes to the untracked .bench/; `make bench-results` to the tracked bench/RESULTS.md
+        out = Path(os.environ.get("BENCH_RESULTS") or Path(__file__).with_name("RESULTS.md"))
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text, encoding="utf-8")
+        print(f"\nwritten to {out}", file=sys.stderr)
     return 0
 
 

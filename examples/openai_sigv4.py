@@ -7,11 +7,14 @@ request (retries included) with the caller's AWS credentials is all it takes::
     python -m examples.openai_sigv4 "$URL" "What is our expense policy for meals?"
 
 The caller needs ``lambda:InvokeFunctionUrl`` on the function. Credentials come from the usual chain
-(environment, profile, SSO, instance role); the region is read from the URL.
+(environment, profile, SSO, instance role); the region is read from a function URL's host name, else
+from ``AWS_REGION`` or ``AWS_DEFAULT_REGION`` (``make serve``'s SigV4 endpoint on 127.0.0.1 needs one).
+Run it from the repository root, or copy :class:`FunctionUrlAuth` into your code.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Any, Protocol, TypeVar
 from urllib.parse import urlsplit
@@ -55,9 +58,16 @@ class FunctionUrlAuth:
         self._region = region
 
     def __call__(self, request: _R) -> _R:
-        region = self._region or region_of(str(request.url)) or self._session.region_name
+        region = (
+            self._region
+            or region_of(str(request.url))
+            # boto3 reads only AWS_DEFAULT_REGION; the Lambda runtime and the AWS CLI set AWS_REGION
+            or os.environ.get("AWS_REGION")
+            or os.environ.get("AWS_DEFAULT_REGION")
+            or self._session.region_name
+        )
         if not region:
-            raise ValueError("cannot tell the function URL's region: pass region= or set AWS_REGION")
+            raise ValueError("cannot tell the function URL's region: set AWS_REGION (or pass region=)")
         credentials = self._session.get_credentials()
         if credentials is None:
             raise RuntimeError("no AWS credentials found (environment, profile, SSO or role) to sign the request")
@@ -87,15 +97,24 @@ def main(argv: list[str]) -> int:
     if len(argv) != 2:
         print("usage: python -m examples.openai_sigv4 FUNCTION_URL QUESTION", file=sys.stderr)
         return 2
-    stream = client(argv[0]).chat.completions.create(
-        model="qwen-plus",
-        stream=True,
-        stream_options={"include_usage": True},
-        messages=[{"role": "user", "content": argv[1]}],
-    )
-    for chunk in stream:
-        if chunk.choices:
-            print(chunk.choices[0].delta.content or "", end="", flush=True)
+    from openai import APIConnectionError, APIStatusError
+
+    try:
+        stream = client(argv[0]).chat.completions.create(
+            model="qwen-plus",
+            stream=True,
+            stream_options={"include_usage": True},
+            messages=[{"role": "user", "content": argv[1]}],
+        )
+        for chunk in stream:
+            if chunk.choices:
+                print(chunk.choices[0].delta.content or "", end="", flush=True)
+    except (ValueError, RuntimeError, APIConnectionError) as exc:  # no region, no credentials, no server
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except APIStatusError as exc:  # 403: a bad signature or no lambda:InvokeFunctionUrl
+        print(f"error: HTTP {exc.status_code}: {exc.message}", file=sys.stderr)
+        return 1
     print()
     return 0
 

@@ -32,6 +32,7 @@ from rag_shared.secrets import ApiKeyProvider
 from rag_shared.store import VectorStore
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from chat import page
 from chat.guard import Guard, token_source
 from chat.models import ChatRequest, OpenAIChatRequest
 from chat.service import ChatDeps, ChatEvent, ChatService, Delta, Finished, Notice, Reasoning, Sources
@@ -335,6 +336,7 @@ def create_app(
     app.add_middleware(
         Guard, mode=chat_settings.chat_auth_mode, token=token, max_body_bytes=chat_settings.max_body_bytes
     )
+    page.mount(app)  # the browser page (CHAT_PAGE=true), in front of the Guard: the page is where the token goes in
     return app
 
 
