@@ -28,8 +28,8 @@ help:
 	@echo "make backfill  index what is already in the deployed bucket (ARGS=\"--prune\" or \"--dry-run\")"
 	@echo "make bench     benchmarks (bench/), printed and written to .bench/RESULTS.md"
 	@echo "make bench-results  the same, written to the tracked bench/RESULTS.md"
-	@echo "Needs python3.12 (found: $(PYTHON)) and make; uv is used when installed: $(or $(UV),not found)."
 	@echo "make doctor    check the configured DashScope and OpenSearch (key, region, models, index)"
+	@echo "Needs python3.12 (found: $(PYTHON)) and make; uv is used when installed: $(or $(UV),not found)."
 
 $(BIN)/.installed: pyproject.toml
 	@if ! "$(PYTHON)" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 12))' 2>/dev/null; then \
