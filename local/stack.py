@@ -142,9 +142,13 @@ class LocalStack:
 
             key = "sk-local-standin-" + secrets.token_hex(8)
             from rag_shared.config import parse_region
+            from rag_shared.errors import ConfigError
 
             # the stand-in serves what the configured region serves, as the real one would
-            region = parse_region(os.environ.get("DASHSCOPE_REGION") or "ap-southeast-1").value
+            try:
+                region = parse_region(os.environ.get("DASHSCOPE_REGION") or "ap-southeast-1").value
+            except ValueError as exc:  # the demo prints a ConfigError as one line, not a traceback
+                raise ConfigError(str(exc)) from exc
             ds = DashScopeStandIn({key}, chunk_delay=0.04, region=region).start()
             self._stack.callback(ds.stop)
             self._setenv(DASHSCOPE_BASE_URL=ds.base_url)
