@@ -118,6 +118,7 @@ class StandInState:
     last_usage: dict[str, int] | None = None
     stream_times: list[float] = field(default_factory=list)  # when each stream chunk was written
     streams_abandoned: list[int] = field(default_factory=list)  # frames written before the caller hung up
+    chat_bodies: list[dict[str, Any]] = field(default_factory=list)  # every chat request body, as sent
 
 
 class DashScopeStandIn(StandInServer):
@@ -334,6 +335,8 @@ class DashScopeStandIn(StandInServer):
         messages = body.get("messages") or []
         stream = bool(body.get("stream"))
         limits = CHAT_LIMITS.get(model)
+        with self.lock:
+            self.state.chat_bodies.append(body)
 
         def bad(status: int, code: str, message: str) -> None:
             self._record(req, model, len(messages), status, stream)
