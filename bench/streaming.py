@@ -88,7 +88,9 @@ def run(reps: int = 5) -> list[str]:
             PYTHONPATH=os.pathsep.join([*paths, str(ROOT)]),
         )
         out: list[str] = []
-        with process("-m", "uvicorn", "--host", "127.0.0.1", "--port", str(port), "chat.app:app", port=port, env=env):
+        with process(
+            "-m", "uvicorn", "--host", "127.0.0.1", "--port", str(port), "chat.app:app", port=port, env=env, timeout=180
+        ):
             url = f"http://127.0.0.1:{port}"
             for concurrency in (1, 50):
                 asyncio.run(_round(concurrency, True, url, token))  # warm both paths

@@ -203,3 +203,16 @@ def test_deepwiki_fields_that_cannot_apply_are_refused(http, dashscope, override
     r = http.post("/chat/completions/stream", json={**DEEPWIKI, **override})
     assert r.status_code == 422 and reason in r.json()["error"]["message"]
     assert dashscope.calls() == []
+
+
+def test_history_cut_to_fit_never_leaves_an_orphaned_tool_result():
+    from chat.service import keep_tool_pairs
+
+    call = {"id": "call_1", "type": "function", "function": {"name": "f", "arguments": "{}"}}
+    messages = [
+        {"role": "system", "content": "s"},
+        {"role": "tool", "tool_call_id": "call_0", "content": "its call was dropped"},
+        {"role": "assistant", "content": "", "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "kept"},
+    ]
+    assert [m.get("content") for m in keep_tool_pairs(messages)] == ["s", "", "kept"]
