@@ -209,7 +209,7 @@ def test_history_cut_to_fit_never_leaves_an_orphaned_tool_result():
     from chat.service import keep_tool_pairs
 
     call = {"id": "call_1", "type": "function", "function": {"name": "f", "arguments": "{}"}}
-    messages = [
+    messages: Any = [
         {"role": "system", "content": "s"},
         {"role": "tool", "tool_call_id": "call_0", "content": "its call was dropped"},
         {"role": "assistant", "content": "", "tool_calls": [call]},
