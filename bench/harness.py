@@ -40,7 +40,9 @@ def _wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 20) ->
 
 
 @contextlib.contextmanager
-def process(*args: str, port: int, env: dict[str, str] | None = None) -> Iterator[subprocess.Popen[bytes]]:
+def process(
+    *args: str, port: int, env: dict[str, str] | None = None, timeout: float = 20
+) -> Iterator[subprocess.Popen[bytes]]:
     proc = subprocess.Popen(
         [sys.executable, *args],
         cwd=ROOT,
@@ -49,7 +51,7 @@ def process(*args: str, port: int, env: dict[str, str] | None = None) -> Iterato
         stderr=subprocess.DEVNULL,
     )
     try:
-        _wait_port(port, proc)
+        _wait_port(port, proc, timeout)
         yield proc
     finally:
         proc.terminate()

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TextIO
 
 import httpx
+from httpx_sse import EventSource
 
 from local.stack import ROOT, LocalStack, StackError
 
@@ -30,7 +31,6 @@ def ask(stack: LocalStack, question: str, out: TextIO | None = None) -> dict[str
     headers = {"Authorization": f"Bearer {stack.token}"}
     body = {"messages": [{"role": "user", "content": question}]}
     result: dict[str, object] = {"answer": ""}
-    event = "message"
     t0 = time.monotonic()
     first_token = None
     with (
@@ -43,17 +43,16 @@ def ask(stack: LocalStack, question: str, out: TextIO | None = None) -> dict[str
             except (ValueError, KeyError, TypeError):
                 message = r.text
             raise StackError(f"the chat request failed with HTTP {r.status_code}: {message}")
-        for line in r.iter_lines():
-            if line.startswith("event:"):
-                event = line[6:].strip()
-            elif line.startswith("data:"):
-                data = json.loads(line[5:])
-                if event == "delta":
-                    first_token = first_token or time.monotonic() - t0
-                    print(data["text"], end="", flush=True, file=out)
-                    result["answer"] = str(result["answer"]) + data["text"]
-                elif event in ("sources", "usage", "error", "notice"):
-                    result[event] = data
+        # httpx-sse splits lines only where SSE does (CR, LF); iter_lines would also split inside
+        # an answer at U+2028/U+2029, like str.splitlines
+        for sse in EventSource(r).iter_sse():
+            event, data = sse.event, json.loads(sse.data)
+            if event == "delta":
+                first_token = first_token or time.monotonic() - t0
+                print(data["text"], end="", flush=True, file=out)
+                result["answer"] = str(result["answer"]) + data["text"]
+            elif event in ("sources", "usage", "error", "notice"):
+                result[event] = data
     print(file=out)
     result["first_token_s"] = first_token
     return result

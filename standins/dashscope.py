@@ -206,6 +206,7 @@ class StandInState:
     last_usage: dict[str, int] | None = None
     stream_times: list[float] = field(default_factory=list)  # when each stream chunk was written
     streams_abandoned: list[int] = field(default_factory=list)  # frames written before the caller hung up
+    chat_bodies: list[dict[str, Any]] = field(default_factory=list)  # every chat request body, as sent
 
 
 # --- region, length and in-stream errors (fidelity) ---------------------------------------------------
@@ -480,6 +481,8 @@ class DashScopeStandIn(RegionFacts, StandInServer):
         messages = body.get("messages") or []
         stream = bool(body.get("stream"))
         limits = CHAT_LIMITS.get(model)
+        with self.lock:
+            self.state.chat_bodies.append(body)
 
         def bad(status: int, code: str, message: str) -> None:
             self._record(req, model, len(messages), status, stream)
@@ -508,7 +511,14 @@ class DashScopeStandIn(RegionFacts, StandInServer):
                 "parameter.enable_thinking must be set to false for non-streaming calls",
             )
 
-        answer = self._answer(messages)
+        problem = chat_options_problem(body)
+        if problem:
+            return bad(400, "InvalidParameter", problem)
+        calls = plan_tool_calls(body)
+        if calls:
+            self._record(req, model, len(messages), 200, stream)
+            return send_tool_calls(req, model, calls, prompt_tokens, stream)
+        answer = shape_answer(self._answer(messages), body)
         reasoning = re.findall(r"\s*\S+", "Let me check the passages I was given.") if thinking else []
         pieces, answer_tokens, finish_reason = cut_at_max_tokens(re.findall(r"\s*\S+", answer), max_tokens)
         reasoning_tokens = sum(count_tokens(r) for r in reasoning)
@@ -580,6 +590,190 @@ class DashScopeStandIn(RegionFacts, StandInServer):
             if self.chunk_delay and n < len(frames) - 2:
                 time.sleep(self.chunk_delay)
         req.end_chunked()
+
+
+# --- chat options and tool calls ----------------------------------------------------------------
+# From Model Studio's "OpenAI Chat" API reference and its function-calling guide
+# (alibabacloud.com/help/en/model-studio/qwen-api-via-openai-chat-completions and
+# .../model-studio/qwen-function-calling, checked 2026-11): temperature [0, 2), top_p (0, 1],
+# presence_penalty [-2, 2], seed [0, 2^31 - 1]; stop is a string or a list of strings and the
+# output ends before it; response_format type text / json_object / json_schema; tools are
+# {"type": "function", "function": {"name", "description", "parameters"}}; tool_choice "auto",
+# "none" or {"type": "function", "function": {"name"}}; a "tool" message answers one tool call by
+# its tool_call_id. Streamed tool calls arrive as delta.tool_calls pieces: the first piece of a
+# call has index, id, type and function.name; later ones carry the same index and more of
+# function.arguments; the last chunk has finish_reason "tool_calls".
+
+
+def chat_options_problem(body: dict[str, Any]) -> str | None:
+    """DashScope's 400 message for an out-of-range option, or None."""
+
+    def num(name: str) -> float | None:
+        v = body.get(name)
+        return None if v is None else float(v)
+
+    t, p, pp, seed = num("temperature"), num("top_p"), num("presence_penalty"), body.get("seed")
+    if t is not None and not 0 <= t < 2:
+        return "Range of temperature should be [0.0, 2.0)"
+    if p is not None and not 0 < p <= 1:
+        return "Range of top_p should be (0.0, 1.0]"
+    if pp is not None and not -2 <= pp <= 2:
+        return "Range of presence_penalty should be [-2.0, 2.0]"
+    if seed is not None and (not isinstance(seed, int) or not 0 <= seed <= 2**31 - 1):
+        return "Range of seed should be [0, 2147483647]"
+    stop = body.get("stop")
+    if stop is not None and not (
+        isinstance(stop, str) or (isinstance(stop, list) and all(isinstance(x, str) for x in stop))
+    ):
+        return "stop should be a string or a list of strings"
+    fmt = body.get("response_format")
+    if fmt is not None and (not isinstance(fmt, dict) or fmt.get("type") not in ("text", "json_object", "json_schema")):
+        return "response_format.type should be one of text, json_object, json_schema"
+    if isinstance(fmt, dict) and fmt.get("type") == "json_object":
+        text = " ".join(str(m.get("content") or "") for m in body.get("messages") or []).lower()
+        if "json" not in text:
+            return (
+                "'messages' must contain the word 'json' in some form, to use 'response_format' of type 'json_object'."
+            )
+    tools = body.get("tools")
+    names: set[str] = set()
+    for tool in tools or []:
+        fn = tool.get("function") if isinstance(tool, dict) else None
+        if (
+            not isinstance(tool, dict)
+            or tool.get("type") != "function"
+            or not isinstance(fn, dict)
+            or not fn.get("name")
+        ):
+            return "tools must be [{'type': 'function', 'function': {'name': ..., 'parameters': ...}}]"
+        names.add(str(fn["name"]))
+    choice = body.get("tool_choice")
+    if isinstance(choice, dict) and (choice.get("function") or {}).get("name") not in names:
+        return "tool_choice names a function that is not in tools"
+    if isinstance(choice, str) and choice not in ("auto", "none", "required"):
+        return "tool_choice should be auto, none or a function"
+    asked: set[str] = set()
+    for m in body.get("messages") or []:
+        if m.get("role") == "assistant":
+            for call in m.get("tool_calls") or []:
+                asked.add(str(call.get("id")))
+        elif m.get("role") == "tool" and str(m.get("tool_call_id")) not in asked:
+            return "messages with role 'tool' must be a response to a preceding message with 'tool_calls'"
+    return None
+
+
+def plan_tool_calls(body: dict[str, Any]) -> list[dict[str, Any]]:
+    """The stand-in model's tool calls: while no tool result is in, it calls the chosen tool (or the
+    first, or every tool with parallel_tool_calls) with the last user question as each string
+    parameter it requires."""
+    tools = body.get("tools") or []
+    choice = body.get("tool_choice", "auto")
+    messages = body.get("messages") or []
+    if not tools or choice == "none" or (messages and messages[-1].get("role") == "tool"):
+        return []
+    if isinstance(choice, dict):
+        tools = [t for t in tools if t["function"]["name"] == choice["function"]["name"]]
+    elif not body.get("parallel_tool_calls"):
+        tools = tools[:1]
+    question = next((str(m.get("content")) for m in reversed(messages) if m.get("role") == "user"), "")
+    calls = []
+    for tool in tools:
+        params = tool["function"].get("parameters") or {}
+        props = params.get("properties") or {}
+        required = params.get("required") or list(props)
+        args = {name: question[:80] for name in required if (props.get(name) or {}).get("type", "string") == "string"}
+        calls.append(
+            {
+                "id": f"call_{uuid.uuid4().hex[:22]}",
+                "name": tool["function"]["name"],
+                "arguments": json.dumps(args, ensure_ascii=False),
+            }
+        )
+    return calls
+
+
+def shape_answer(answer: str, body: dict[str, Any]) -> str:
+    """Apply response_format (JSON modes answer a JSON object) and stop (the text ends before it)."""
+    messages = body.get("messages") or []
+    tool_results = [str(m.get("content")) for m in messages[-1:] if m.get("role") == "tool"]
+    if tool_results:
+        answer = f"(stand-in model) The tool says: {tool_results[0][:200]}"
+    fmt = (body.get("response_format") or {}).get("type")
+    if fmt in ("json_object", "json_schema"):
+        answer = json.dumps({"answer": answer}, ensure_ascii=False)
+    stop = body.get("stop")
+    for s in [stop] if isinstance(stop, str) else stop or []:
+        if s and s in answer:
+            answer = answer[: answer.index(s)]
+    return answer
+
+
+def send_tool_calls(req: Request, model: str, calls: list[dict[str, Any]], prompt_tokens: int, stream: bool) -> None:
+    """Answer with tool calls, in DashScope's non-streaming or streaming wire format."""
+    completion = sum(count_tokens(c["name"] + c["arguments"]) for c in calls)
+    usage = {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion,
+        "total_tokens": prompt_tokens + completion,
+    }
+    cid, created = f"chatcmpl-{uuid.uuid4().hex[:12]}", int(time.time())
+    whole = [
+        {"index": i, "id": c["id"], "type": "function", "function": {"name": c["name"], "arguments": c["arguments"]}}
+        for i, c in enumerate(calls)
+    ]
+    if not stream:
+        message = {"role": "assistant", "content": "", "tool_calls": whole}
+        req.send_json(
+            200,
+            {
+                "id": cid,
+                "object": "chat.completion",
+                "created": created,
+                "model": model,
+                "choices": [{"index": 0, "message": message, "finish_reason": "tool_calls"}],
+                "usage": usage,
+            },
+        )
+        return
+
+    def frame(delta: dict[str, Any], finish: str | None = None, **extra: Any) -> bytes:
+        choices = [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}] if delta is not None else []
+        payload = {
+            "id": cid,
+            "object": "chat.completion.chunk",
+            "created": created,
+            "model": model,
+            "choices": choices,
+            **extra,
+        }
+        return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n".encode()
+
+    frames = []
+    for i, c in enumerate(calls):
+        args = c["arguments"]
+        cut = [args[j : j + 12] for j in range(0, len(args), 12)] or [""]
+        first = {"index": i, "id": c["id"], "type": "function", "function": {"name": c["name"], "arguments": cut[0]}}
+        frames.append(frame({"content": None, "role": "assistant", "tool_calls": [first]}))
+        frames += [
+            frame({"tool_calls": [{"index": i, "id": "", "type": "function", "function": {"arguments": piece}}]})
+            for piece in cut[1:]
+        ]
+    frames.append(frame({"content": None}, "tool_calls"))
+    if (req.json().get("stream_options") or {}).get("include_usage"):
+        payload = {
+            "id": cid,
+            "object": "chat.completion.chunk",
+            "created": created,
+            "model": model,
+            "choices": [],
+            "usage": usage,
+        }
+        frames.append(f"data: {json.dumps(payload)}\n\n".encode())
+    frames.append(b"data: [DONE]\n\n")
+    req.start_chunked(200, "text/event-stream")
+    for f in frames:
+        req.write_chunk(f)
+    req.end_chunked()
 
 
 def main() -> None:  # pragma: no cover - used by the local demo

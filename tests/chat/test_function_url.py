@@ -7,6 +7,7 @@ import os
 import stat
 from pathlib import Path
 
+import pytest
 from chat.app import create_app
 from chat.settings import ChatSettings
 
@@ -15,6 +16,14 @@ from tests.events import load
 from tests.lwa import invoke
 
 ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(autouse=True)
+def on_lambda(monkeypatch):
+    """As on Lambda: outside it, iam mode serves loopback callers only (and these events carry the
+    caller's address in x-forwarded-for)."""
+    monkeypatch.setenv("AWS_LAMBDA_FUNCTION_NAME", "chat")
+    monkeypatch.setenv("AWS_LAMBDA_RUNTIME_API", "127.0.0.1:9001")
 
 
 def test_function_url_event_streams_sse_with_the_lambda_request_id(deps, indexed, dashscope):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 import uuid
 
 import boto3
@@ -56,5 +57,6 @@ def test_an_unreadable_key_at_start_up_is_logged_and_retried_by_the_first_reques
         assert httpx.get(f"{server.url}/health").status_code == 200
         assert any("not ready at start-up" in r.getMessage() for r in caplog.records)
         sm.create_secret(Name=name, SecretString=json.dumps({"api_key": API_KEY}))  # the operator fixes it
+        time.sleep(1.05)  # a failed read is remembered for 1 s (no Secrets Manager call per request meanwhile)
         events = _ask(server.url)
     assert events[-1] == "done" and "delta" in events and "error" not in events

@@ -17,6 +17,7 @@ from rag_shared.errors import (
 )
 from rag_shared.secrets import ApiKeyProvider
 
+from standins.base import StandInServer
 from standins.dashscope import Fault
 
 HELLO = [{"role": "user", "content": "hello there"}]
@@ -197,3 +198,133 @@ def test_stream_dropped_midway_is_an_error_after_partial_output(client, settings
     got = asyncio.run(run())
     assert 1 <= len(got) <= 4
     assert all(isinstance(e, TextDelta) for e in got)
+
+
+# --- the chat stream over httpx (issue 14): same behaviour as the SDK it replaced -----------------
+
+
+def test_stream_retries_before_the_first_byte_honouring_retry_after(client, settings, dashscope):
+    dashscope.inject(Fault(status=429, code="Throttling.RateQuota", retry_after=0.3, path="/chat/completions"), 2)
+
+    async def run():
+        return [e async for e in client.stream(HELLO, settings.generator, ChatParams())]
+
+    t0 = time.monotonic()
+    events = asyncio.run(run())
+    assert time.monotonic() - t0 >= 0.6  # waited Retry-After twice
+    assert [c.status for c in dashscope.calls("/chat/completions")] == [429, 429, 200]
+    assert isinstance(events[-1], StreamEnd) and any(isinstance(e, TextDelta) for e in events)
+
+
+def test_stream_gives_up_after_max_retries_with_the_right_class(make_settings, dashscope):
+    s = make_settings(dashscope_max_retries=1)
+    c = DashScopeClient(s, ApiKeyProvider.from_settings(s))
+    dashscope.inject(Fault(status=429, code="Throttling.RateQuota", retry_after=0.01), times=3)
+
+    async def run():
+        return [e async for e in c.stream(HELLO, s.generator, ChatParams())]
+
+    with pytest.raises(ThrottledError):
+        asyncio.run(run())
+    assert len(dashscope.calls("/chat/completions")) == 2
+    dashscope.inject(Fault(status=400, code="data_inspection_failed", message="Input data may contain inappropriate"))
+    with pytest.raises(ContentModerationError):
+        asyncio.run(run())
+
+
+@pytest.mark.parametrize(
+    ("headers", "low", "high"),
+    [
+        ({"retry-after": "2"}, 2.0, 2.0),
+        ({"retry-after-ms": "150"}, 0.15, 0.15),
+        ({"retry-after": "Wed, 25 Nov 2026 00:00:03 GMT"}, 3.0, 3.0),
+        ({"retry-after": "3600"}, 0.375, 0.5),  # beyond 60 s: ignored, backoff instead
+        ({}, 0.375, 0.5),
+    ],
+)
+def test_retry_delay_follows_the_sdk(headers, low, high):
+    from rag_shared.dashscope import retry_delay
+
+    now = 1795564800.0  # 2026-11-25 00:00:00 UTC
+    assert low <= retry_delay(0, headers, now=now) <= high
+    assert retry_delay(10, {}) <= 8.0
+
+
+class InStreamError(StandInServer):
+    """Streams two pieces, then DashScope's error object inside the stream (as its compatible mode
+    does when moderation or throttling strikes after the first token)."""
+
+    def __init__(self, code: str, message: str, raw: bytes | None = None) -> None:
+        super().__init__()
+        self.code, self.message, self.raw = code, message, raw
+
+    def handle(self, req):
+        req.start_chunked(200, "text/event-stream;charset=UTF-8")
+        piece = {"id": "chatcmpl-1", "choices": [{"index": 0, "delta": {"content": "Hello"}, "finish_reason": None}]}
+        req.write_chunk(f"data: {json.dumps(piece)}\n\n".encode())
+        if self.raw is not None:
+            req.write_chunk(self.raw)
+        else:
+            err = {"error": {"code": self.code, "message": self.message, "type": self.code}, "request_id": "r-1"}
+            req.write_chunk(f"data: {json.dumps(err)}\n\n".encode())
+        req.end_chunked()
+
+
+@pytest.mark.parametrize(
+    ("code", "error", "retryable"),
+    [
+        ("data_inspection_failed", ContentModerationError, False),
+        ("Throttling.RateQuota", ThrottledError, True),
+        ("InternalError", ServiceUnavailableError, True),
+        ("InvalidParameter", BadRequestError, False),
+    ],
+)
+def test_an_error_inside_the_stream_keeps_its_class(make_settings, code, error, retryable):
+    server = InStreamError(code, "went wrong").start()
+    try:
+        s = make_settings(dashscope_base_url=server.url, dashscope_max_retries=0)
+        c = DashScopeClient(s, ApiKeyProvider.from_settings(s))
+
+        async def run():
+            got = []
+            with pytest.raises(error) as info:
+                async for ev in c.stream(HELLO, s.generator, ChatParams()):
+                    got.append(ev)
+            return got, info.value
+
+        got, exc = asyncio.run(run())
+    finally:
+        server.stop()
+    assert got == [TextDelta("Hello")]
+    assert exc.retryable is retryable and "went wrong" in str(exc)
+
+
+def test_a_malformed_chunk_is_a_dashscope_error(make_settings):
+    from rag_shared.errors import DashScopeError
+
+    server = InStreamError("", "", raw=b"data: {not json\n\n").start()
+    try:
+        s = make_settings(dashscope_base_url=server.url, dashscope_max_retries=0)
+        c = DashScopeClient(s, ApiKeyProvider.from_settings(s))
+
+        async def run():
+            return [e async for e in c.stream(HELLO, s.generator, ChatParams())]
+
+        with pytest.raises(DashScopeError, match="not valid JSON"):
+            asyncio.run(run())
+    finally:
+        server.stop()
+
+
+def test_tool_call_pieces_are_streamed_in_wire_shape(client, settings, dashscope):
+    from rag_shared.dashscope import ToolCallDelta
+
+    tool = {"type": "function", "function": {"name": "lookup", "parameters": {"type": "object", "properties": {}}}}
+
+    async def run():
+        return [e async for e in client.stream(HELLO, settings.generator, ChatParams(tools=[tool]))]
+
+    events = asyncio.run(run())
+    pieces = [c for e in events if isinstance(e, ToolCallDelta) for c in e.calls]
+    assert pieces[0]["function"]["name"] == "lookup" and pieces[0]["id"].startswith("call_")
+    assert isinstance(events[-1], StreamEnd) and events[-1].finish_reason == "tool_calls"

@@ -1,5 +1,6 @@
 import json
 import logging
+import time
 from typing import Any
 
 import boto3
@@ -7,7 +8,7 @@ import pytest
 from aws_lambda_powertools.utilities.parameters import SecretsProvider
 from pydantic import SecretStr
 from rag_shared.errors import MissingApiKeyError, SecretUnavailableError
-from rag_shared.secrets import ApiKeyProvider, parse_secret_value
+from rag_shared.secrets import ApiKeyProvider, CachedSecret, parse_secret_value
 
 
 def _secret(name: str, value: str) -> str:
@@ -102,11 +103,32 @@ class FlakyClient(CountingClient):
 def test_secrets_manager_outage_is_retryable_then_recovers(aws, caplog):
     arn = _secret("dashscope-outage-test", "sk-outage-key-999")
     flaky = FlakyClient(boto3.client("secretsmanager", region_name="us-east-1"), failures=1)
-    p = ApiKeyProvider(env_key=None, secret_id=arn, provider=SecretsProvider(boto3_client=flaky))  # type: ignore[arg-type]
+    p = ApiKeyProvider(
+        env_key=None,
+        secret_id=arn,
+        provider=SecretsProvider(boto3_client=flaky),  # type: ignore[arg-type]
+        failure_backoff_seconds=0.3,
+    )
     with pytest.raises(SecretUnavailableError) as info:
         p.get()
     assert info.value.retryable
+    assert arn not in str(info.value) and "DASHSCOPE_SECRET_ARN" in str(info.value)  # the ARN names the account
+    for _ in range(20):  # a burst during the outage costs no further Secrets Manager call
+        with pytest.raises(SecretUnavailableError):
+            p.get()
+    assert flaky.calls == 1
+    time.sleep(0.35)
     assert p.get().get_secret_value() == "sk-outage-key-999"
+    assert flaky.calls == 2
+
+
+def test_one_reader_serves_both_secrets(aws):
+    """The chat token and the DashScope key are read by the same cached reader."""
+    arn = _secret("chat-token-test", json.dumps({"token": "chat-token-abcdef123"}))
+    counting: Any = CountingClient(boto3.client("secretsmanager", region_name="us-east-1"))
+    token = CachedSecret(arn, label="CHAT_TOKEN_SECRET_ARN", provider=SecretsProvider(boto3_client=counting))
+    assert [token.get() for _ in range(10)] == ["chat-token-abcdef123"] * 10
+    assert counting.calls == 1
 
 
 def test_loaded_key_is_redacted_from_every_log(aws, caplog):

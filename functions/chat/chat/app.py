@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
@@ -33,9 +34,9 @@ from rag_shared.store import VectorStore
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from chat import page
-from chat.guard import Guard, token_source
-from chat.models import ChatRequest, OpenAIChatRequest
-from chat.service import ChatDeps, ChatEvent, ChatService, Delta, Finished, Notice, Reasoning, Sources
+from chat.guard import Guard, on_lambda, token_source
+from chat.models import ChatRequest, OpenAIChatRequest, StreamRequest, UnsupportedParameter
+from chat.service import ChatDeps, ChatEvent, ChatService, Delta, Finished, Notice, Reasoning, Sources, ToolCalls
 from chat.settings import ChatSettings
 
 logger = Logger(service="chat")
@@ -56,14 +57,41 @@ def build_deps(chat_settings: ChatSettings | None = None) -> ChatDeps:
     return ChatDeps(settings, client, embedder, VectorStore.from_settings(settings), chat_settings.system_prompt)
 
 
+# A request id goes back in a response header and into logs: only a plain token is taken from the
+# caller (CR/LF would split headers, non-Latin-1 text cannot be encoded in one); anything else is
+# replaced by a fresh id rather than trusted.
+_SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
+
+
 def _request_id(request: Request) -> str:
     context = request.headers.get("x-amzn-request-context")
+    candidates: list[object] = []
     if context:
         try:
-            return str(json.loads(context)["requestId"])
+            candidates.append(json.loads(context)["requestId"])
         except (ValueError, KeyError, TypeError):
             pass
-    return request.headers.get("x-request-id") or uuid.uuid4().hex
+    candidates.append(request.headers.get("x-request-id"))
+    for value in candidates:
+        if isinstance(value, str) and _SAFE_ID.match(value):
+            return value
+    return uuid.uuid4().hex
+
+
+# Client-facing messages never carry ARNs (account id, resource names), internal URLs or keys.
+_SCRUB = [
+    (re.compile(r"arn:aws[a-z-]*:[^\s,;)\]\"']+"), "[resource]"),
+    (re.compile(r"https?://[^\s,;)\]\"']+"), "[url]"),
+    (re.compile(r"\bsk-[A-Za-z0-9_-]{6,}"), "[key]"),
+]
+
+
+def client_message(message: str) -> str:
+    from rag_shared.logs import redact
+
+    for pattern, replacement in _SCRUB:
+        message = pattern.sub(replacement, message)
+    return redact(message)
 
 
 def error_json(
@@ -71,7 +99,9 @@ def error_json(
 ) -> JSONResponse:
     headers = {"x-request-id": request_id} if request_id else None
     return JSONResponse(
-        {"error": {"message": message, "type": etype, "code": code, "param": None}}, status, headers=headers
+        {"error": {"message": client_message(message), "type": etype, "code": code, "param": None}},
+        status,
+        headers=headers,
     )
 
 
@@ -87,13 +117,29 @@ def _validation_message(exc: RequestValidationError) -> tuple[int, str]:
     return 422, "; ".join(parts)
 
 
+def sse_json(data: Any) -> str:
+    """JSON for one SSE ``data:`` line. JSON leaves U+2028/U+2029 (and NEL) raw, and clients that
+    split lines like ``str.splitlines`` would cut the event there: escape them."""
+    return (
+        json.dumps(data, ensure_ascii=False)
+        .replace("\u2028", "\\u2028")
+        .replace("\u2029", "\\u2029")
+        .replace("\x85", "\\u0085")
+    )
+
+
 def sse(event: str, data: dict[str, Any]) -> bytes:
-    return f"event: {event}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n".encode()
+    return f"event: {event}\ndata: {sse_json(data)}\n\n".encode()
 
 
 def _error_payload(exc: BaseException, request_id: str) -> dict[str, Any]:
     if isinstance(exc, RagError):
-        return {"code": exc.code, "message": str(exc), "retryable": exc.retryable, "request_id": request_id}
+        return {
+            "code": exc.code,
+            "message": client_message(str(exc)),
+            "retryable": exc.retryable,
+            "request_id": request_id,
+        }
     logger.exception("stream failed", extra={"request_id": request_id})
     return {"code": "internal_error", "message": "internal error", "retryable": True, "request_id": request_id}
 
@@ -114,6 +160,8 @@ async def native_sse(first: ChatEvent, rest: AsyncIterator[ChatEvent], request_i
                 yield sse("delta", {"text": ev.text})
             elif isinstance(ev, Reasoning):
                 yield sse("reasoning", {"text": ev.text})
+            elif isinstance(ev, ToolCalls):
+                yield sse("tool_calls", {"tool_calls": list(ev.calls)})
             elif isinstance(ev, Sources):
                 yield sse("sources", {"sources": ev.sources, "note": ev.note})
             elif isinstance(ev, Notice):
@@ -141,7 +189,7 @@ async def openai_sse(
             "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
             **extra,
         }
-        return f"data: {json.dumps(body, ensure_ascii=False)}\n\n".encode()
+        return f"data: {sse_json(body)}\n\n".encode()
 
     try:
         async for ev in _prepend(first, rest):
@@ -151,6 +199,8 @@ async def openai_sse(
                 yield chunk({"content": ev.text})
             elif isinstance(ev, Reasoning):
                 yield chunk({"reasoning_content": ev.text})
+            elif isinstance(ev, ToolCalls):
+                yield chunk({"tool_calls": list(ev.calls)})
             elif isinstance(ev, Finished):
                 yield chunk({}, ev.finish_reason or "stop")
                 if include_usage:
@@ -173,6 +223,18 @@ async def openai_sse(
     yield b"data: [DONE]\n\n"
 
 
+def merge_tool_calls(calls: dict[int, dict[str, Any]], pieces: tuple[dict[str, Any], ...]) -> None:
+    """Assemble streamed tool-call pieces into whole calls, as OpenAI's SDK does: the first piece of
+    an ``index`` brings ``id``, ``type`` and the name; later ones append to ``arguments``."""
+    for piece in pieces:
+        index = int(piece.get("index") or 0)
+        fn = piece.get("function") or {}
+        call = calls.setdefault(index, {"id": "", "type": "function", "function": {"name": "", "arguments": ""}})
+        call["id"] = call["id"] or piece.get("id") or ""
+        call["function"]["name"] = call["function"]["name"] or fn.get("name") or ""
+        call["function"]["arguments"] += fn.get("arguments") or ""
+
+
 def warm_up(deps: ChatDeps) -> None:
     """Pay for the openai SDK import (~0.35 s) and the key lookup while the app starts, not in the
     first request: the Web Adapter holds requests until start-up is done, and Lambda gives the init
@@ -193,6 +255,12 @@ def create_app(
     ):
         raise ConfigError("CHAT_AUTH_MODE=token needs CHAT_API_TOKEN or CHAT_TOKEN_SECRET_ARN")
     state: dict[str, ChatService] = {}
+    loopback_only = chat_settings.chat_auth_mode == "iam" and not on_lambda()
+    if loopback_only:
+        logger.warning(
+            "CHAT_AUTH_MODE=iam outside Lambda: no function URL verifies callers here, so only loopback "
+            "clients are served. Set CHAT_AUTH_MODE=token (with CHAT_API_TOKEN) to serve others."
+        )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -202,7 +270,15 @@ def create_app(
         logger.info("chat ready", extra={"model": built.settings.generator.name, "auth": chat_settings.chat_auth_mode})
         yield
 
-    app = FastAPI(title="Qwen RAG chat", version="0.1.0", lifespan=lifespan)
+    docs = chat_settings.chat_api_docs  # the schema and docs pages describe the API to anyone: off by default
+    app = FastAPI(
+        title="Qwen RAG chat",
+        version="0.1.0",
+        lifespan=lifespan,
+        docs_url="/docs" if docs else None,
+        redoc_url="/redoc" if docs else None,
+        openapi_url="/openapi.json" if docs else None,
+    )
 
     def service() -> ChatService:
         return state["service"]
@@ -214,7 +290,9 @@ def create_app(
 
     @app.exception_handler(StarletteHTTPException)
     async def on_http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        code = "body_too_large" if exc.status_code == 413 else "not_found" if exc.status_code == 404 else "http_error"
+        code = {413: "body_too_large", 404: "not_found", 408: "body_timeout", 405: "method_not_allowed"}.get(
+            exc.status_code, "http_error"
+        )
         return error_json(exc.status_code, code, str(exc.detail))
 
     @app.exception_handler(RagError)
@@ -256,9 +334,9 @@ def create_app(
             ],
         }
 
-    async def start(req: ChatRequest, request_id: str) -> tuple[ChatEvent, AsyncGenerator[ChatEvent]]:
+    async def start(req: ChatRequest, request_id: str, flt: Any = None) -> tuple[ChatEvent, AsyncGenerator[ChatEvent]]:
         """Run up to the model's first event; errors so far become HTTP errors (see service)."""
-        stream = service().stream(req, request_id=request_id)
+        stream = service().stream(req, request_id=request_id, flt=flt)
         try:
             first = await anext(stream)
         except BaseException:
@@ -267,9 +345,12 @@ def create_app(
         return first, stream
 
     @app.post("/chat/completions/stream")
-    async def chat_stream(req: ChatRequest, request: Request) -> StreamingResponse:
+    async def chat_stream(req: StreamRequest, request: Request) -> StreamingResponse:
         request_id = _request_id(request)
-        first, rest = await start(req, request_id)
+        ignored = req.ignored_fields()
+        if ignored:  # the seed's (deepwiki-open's) repository fields: names only, ``token`` is a credential
+            logger.info("ignored request fields", extra={"request_id": request_id, "fields": ignored})
+        first, rest = await start(req, request_id, req.retrieval_filter())
         return StreamingResponse(
             native_sse(first, rest, request_id),
             media_type="text/event-stream",
@@ -279,6 +360,9 @@ def create_app(
     @app.post("/v1/chat/completions", response_model=None)
     async def openai_chat(req: OpenAIChatRequest, request: Request) -> StreamingResponse | JSONResponse:
         request_id = _request_id(request)
+        problem = req.unsupported()
+        if problem:
+            raise UnsupportedParameter(problem)
         if req.max_completion_tokens and not req.max_tokens:
             req = req.model_copy(update={"max_tokens": req.max_completion_tokens})
         model_name = service().model(req.model).name
@@ -291,12 +375,15 @@ def create_app(
                 headers={**SSE_HEADERS, "x-request-id": request_id},
             )
         text, reasoning, sources, finished = [], [], None, None
+        calls: dict[int, dict[str, Any]] = {}
         ev: ChatEvent | None = first
         while ev is not None:
             if isinstance(ev, Delta):
                 text.append(ev.text)
             elif isinstance(ev, Reasoning):
                 reasoning.append(ev.text)
+            elif isinstance(ev, ToolCalls):
+                merge_tool_calls(calls, ev.calls)
             elif isinstance(ev, Sources):
                 sources = ev
             elif isinstance(ev, Finished):
@@ -305,6 +392,9 @@ def create_app(
         message: dict[str, Any] = {"role": "assistant", "content": "".join(text)}
         if reasoning:
             message["reasoning_content"] = "".join(reasoning)
+        if calls:
+            message["tool_calls"] = [calls[i] for i in sorted(calls)]
+            message["content"] = message["content"] or None
         p = finished.payload() if finished else {}
         return JSONResponse(
             {
@@ -334,7 +424,12 @@ def create_app(
         max_age=300,
     )
     app.add_middleware(
-        Guard, mode=chat_settings.chat_auth_mode, token=token, max_body_bytes=chat_settings.max_body_bytes
+        Guard,
+        mode=chat_settings.chat_auth_mode,
+        token=token,
+        max_body_bytes=chat_settings.max_body_bytes,
+        body_timeout_seconds=chat_settings.body_timeout_seconds,
+        loopback_only=loopback_only,
     )
     page.mount(app)  # the browser page (CHAT_PAGE=true), in front of the Guard: the page is where the token goes in
     return app

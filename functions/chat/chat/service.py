@@ -16,7 +16,15 @@ from typing import Any
 
 from aws_lambda_powertools import Logger
 from rag_shared.config import GeneratorModel, Settings, load_catalog
-from rag_shared.dashscope import ChatParams, DashScopeClient, ReasoningDelta, StreamEnd, StreamEvent, TextDelta
+from rag_shared.dashscope import (
+    ChatParams,
+    DashScopeClient,
+    ReasoningDelta,
+    StreamEnd,
+    StreamEvent,
+    TextDelta,
+    ToolCallDelta,
+)
 from rag_shared.embeddings import Embedder
 from rag_shared.errors import BadRequestError, ContextLengthExceededError, ModelNotFoundError
 from rag_shared.store import SearchFilter, SearchHit, VectorStore
@@ -55,6 +63,13 @@ class Reasoning:
 
 
 @dataclass(frozen=True)
+class ToolCalls:
+    """Pieces of the model's tool calls, in OpenAI's delta shape (``index``, ``id``, ``function``)."""
+
+    calls: tuple[dict[str, Any], ...]
+
+
+@dataclass(frozen=True)
 class Finished:
     model: str
     usage: Usage
@@ -86,7 +101,7 @@ class Finished:
         } | {name: (MetricUnit.Milliseconds, v) for name, v in latency.items()}
 
 
-ChatEvent = Sources | Notice | Delta | Reasoning | Finished
+ChatEvent = Sources | Notice | Delta | Reasoning | ToolCalls | Finished
 
 
 # --- service ------------------------------------------------------------------------------------
@@ -121,6 +136,24 @@ def source_entry(n: int, hit: SearchHit) -> dict[str, Any]:
     }
 
 
+def keep_tool_pairs(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Drop tool results whose call was cut from the history to fit the context window: DashScope
+    refuses a ``tool`` message that answers no preceding ``tool_calls``."""
+    asked: set[str] = set()
+    out = []
+    for m in messages:
+        if m["role"] == "assistant":
+            asked.update(str(c["id"]) for c in m.get("tool_calls") or ())
+        elif m["role"] == "tool" and m.get("tool_call_id") not in asked:
+            continue
+        out.append(m)
+    return out
+
+
+def answer_system_prompt(system_prompt: str, language: str | None) -> str:
+    return f"{system_prompt}\n\nAnswer in {language}." if language else system_prompt
+
+
 class ChatService:
     def __init__(self, deps: ChatDeps) -> None:
         self.deps = deps
@@ -143,25 +176,36 @@ class ChatService:
         hits = await asyncio.to_thread(self.deps.store.search, vector, k, flt)
         return hits, result.usage
 
-    async def stream(self, req: ChatRequest, *, request_id: str = "-") -> AsyncGenerator[ChatEvent]:
+    def metric_model(self, name: str | None) -> str:
+        """A metric dimension value: a catalog model, never a caller's free text (each distinct
+        dimension value is a billed custom metric)."""
+        if name is None:
+            return self.deps.settings.generator.name
+        return name if name in load_catalog().generators else "unknown"
+
+    async def stream(
+        self, req: ChatRequest, *, request_id: str = "-", flt: SearchFilter | None = None
+    ) -> AsyncGenerator[ChatEvent]:
         """One answer as events. A failure, before or during the stream, is counted and re-raised:
         the app turns it into an HTTP error or an ``error`` event."""
-        async with aclosing(self._answer(req, request_id)) as events:  # closed at once if the caller leaves
+        async with aclosing(
+            self._answer(req, request_id, req.filter if flt is None else flt)
+        ) as events:  # closed at once if the caller leaves
             try:
                 async for ev in events:
                     yield ev
             except Exception as exc:
-                model = req.model or self.deps.settings.generator.name
+                model = self.metric_model(req.model)
                 # refused for the request's own sake (moderation, unknown model, too long) vs failed
                 outcome = "ChatRejected" if getattr(exc, "status", 500) < 429 else "ChatFailed"
                 self.deps.metrics(model, {outcome: (MetricUnit.Count, 1)})
                 raise
 
-    async def _answer(self, req: ChatRequest, request_id: str) -> AsyncGenerator[ChatEvent]:
+    async def _answer(self, req: ChatRequest, request_id: str, flt: SearchFilter | None) -> AsyncGenerator[ChatEvent]:
         t0 = time.monotonic()
         model = self.model(req.model)
         settings = self.deps.settings
-        history = [m.model_dump() for m in req.messages]
+        history = [m.wire() for m in req.messages]
         max_output = min(req.max_tokens or model.max_tokens, model.max_output_tokens)
         k = settings.rag_top_k if req.top_k is None else req.top_k
 
@@ -169,28 +213,44 @@ class ChatService:
         embedding_usage = Usage()
         note: str | None = None
         if req.use_rag and k > 0:
-            hits, embedding_usage = await self.retrieve(history[-1]["content"], k, req.filter)
+            hits, embedding_usage = await self.retrieve(req.question(), k, flt)
             if not hits:
                 note = "no indexed passages matched; answered without document context"
         else:
             note = "retrieval disabled for this request"
         retrieval_ms = _ms(t0)
 
+        system_prompt = answer_system_prompt(self.deps.system_prompt, req.answer_language())
+
         def fit(passages: list[SearchHit]) -> Any:
             try:
-                return build_prompt(
+                prompt = build_prompt(
                     history,
                     passages,
-                    system_prompt=self.deps.system_prompt,
+                    system_prompt=system_prompt,
                     context_window=model.context_window,
                     max_output_tokens=max_output,
                 )
             except PromptTooLong as exc:
                 raise BadRequestError(str(exc)) from None
+            prompt.messages = keep_tool_pairs(prompt.messages)
+            if prompt.messages[-1] is not history[-1]:
+                raise BadRequestError("the tool result and the call it answers do not fit the context window")
+            return prompt
 
         prompt = fit(hits)
         params = ChatParams(
-            temperature=req.temperature, top_p=req.top_p, max_tokens=max_output, enable_thinking=req.enable_thinking
+            temperature=req.temperature,
+            top_p=req.top_p,
+            max_tokens=max_output,
+            enable_thinking=req.enable_thinking,
+            presence_penalty=req.presence_penalty,
+            seed=req.seed,
+            stop=req.stop,
+            response_format=req.response_format.model_dump() if req.response_format else None,
+            tools=[t.model_dump(exclude_none=True) for t in req.tools] if req.tools else None,
+            tool_choice=req.tool_choice,
+            parallel_tool_calls=req.parallel_tool_calls,
         )
         notices = list(prompt.notes)
         upstream = self.deps.client.stream(prompt.messages, model, params)
@@ -219,6 +279,8 @@ class ChatService:
                     yield Delta(event.text)
                 elif isinstance(event, ReasoningDelta):
                     yield Reasoning(event.text)
+                elif isinstance(event, ToolCallDelta):
+                    yield ToolCalls(event.calls)
                 elif isinstance(event, StreamEnd):
                     done = Finished(
                         model.name,

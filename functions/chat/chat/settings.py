@@ -19,6 +19,10 @@ class ChatSettings(BaseSettings):
     max_body_bytes: int = Field(256 * 1024, ge=1024)
     cors_allow_origins: str = ""  # comma-separated; empty: no CORS headers
     system_prompt: str = DEFAULT_SYSTEM_PROMPT
+    chat_api_docs: bool = False  # CHAT_API_DOCS=true serves /docs, /redoc and /openapi.json
+    # A body must arrive within this (uvicorn has no body timeout; behind Lambda the adapter
+    # relays whole bodies, so only a direct deployment meets a slow client)
+    body_timeout_seconds: float = Field(10.0, gt=0)
 
     @property
     def origins(self) -> list[str]:

@@ -1,21 +1,30 @@
-"""DashScope client over its OpenAI-compatible API, through the ``openai`` SDK.
+"""DashScope client over its OpenAI-compatible API.
 
-Retries are the SDK's own: exponential backoff with jitter on 408/409/429/5xx, timeouts and
-connection errors, honouring ``Retry-After``; other 4xx are not retried. What is left after the
-retries is mapped to the exception classes in :mod:`rag_shared.errors`. A 401 makes the client
-re-read the key once (a rotated secret) before giving up.
+Embeddings and non-streaming chat go through the ``openai`` SDK, whose retries apply: exponential
+backoff with jitter on 408/409/429/5xx, timeouts and connection errors, honouring ``Retry-After``;
+other 4xx are not retried. The chat *stream* is read with httpx + httpx-sse + orjson: building
+the SDK's pydantic models for every chunk was ~29% of a stream's CPU (issue 14); the same retry
+policy is applied here before the first byte. What is left after the retries is mapped to the
+exception classes in :mod:`rag_shared.errors`. A 401 makes the client re-read the key once (a
+rotated secret) before giving up.
 """
 
 from __future__ import annotations
 
+import asyncio
+import email.utils
 import hashlib
+import random
 import threading
-from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
+import time
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, TypeVar
 
+import httpx
 import orjson
+from httpx_sse import EventSource, SSEError
 from pydantic import BaseModel, Field
 
 from rag_shared.config import EmbeddingModel, GeneratorModel, Region, Settings
@@ -82,11 +91,22 @@ def map_error(exc: Exception, *, region: Region | None = None, key_source: str =
         return ServiceUnavailableError("could not reach DashScope after retries", request_id=request_id)
     if not isinstance(exc, openai.APIStatusError):
         return ServiceUnavailableError(f"DashScope stream interrupted ({type(exc).__name__})")
-
-    status = exc.status_code
     code, message = _error_fields(exc.body)
-    if not message:
-        message = exc.message
+    return map_status(
+        exc.status_code, code, message or exc.message, region=region, key_source=key_source, request_id=request_id
+    )
+
+
+def map_status(
+    status: int,
+    code: str,
+    message: str,
+    *,
+    region: Region | None = None,
+    key_source: str = "",
+    request_id: str | None = None,
+) -> RagError:
+    """Map DashScope's (HTTP status, error code, message) to one of our errors (pure)."""
     lowered = f"{code} {message}".lower()
     detail = f"{code}: {message}" if code else message
 
@@ -119,16 +139,51 @@ def map_error(exc: Exception, *, region: Region | None = None, key_source: str =
     return BadRequestError(f"DashScope rejected the request ({status} {detail})", request_id=request_id)
 
 
+def status_of_code(code: str) -> int:
+    """The HTTP status DashScope gives an error code (error-code page, see shared/REFERENCE.md), for
+    an error that arrives *inside* a 200 stream, where there is no status to read."""
+    c = code.lower()
+    if "throttl" in c or "quota" in c:
+        return 429
+    if "invalidapikey" in c or "invalid_api_key" in c:
+        return 401
+    if "accessdenied" in c or "arrearage" in c:
+        return 403
+    if "notfound" in c or "not_found" in c or "not_supported" in c:
+        return 404
+    if "invalidparameter" in c or "invalid_parameter" in c or "data_inspection" in c or "invalid_request" in c:
+        return 400
+    return 500  # InternalError, ServiceUnavailable, RequestTimeOut, anything unknown: transient
+
+
 # --- request shaping (pure) ---------------------------------------------------------------------
 
 
 class ChatParams(BaseModel):
-    """Sampling parameters of one call; ``None`` means the model's catalog default."""
+    """Parameters of one call; ``None`` means the model's (catalog or DashScope) default.
+
+    Ranges are DashScope's, from Model Studio's "OpenAI Chat" API reference
+    (alibabacloud.com/help/en/model-studio/qwen-api-via-openai-chat-completions, checked 2026-11):
+    temperature [0, 2), top_p (0, 1], presence_penalty [-2, 2], seed [0, 2^31 - 1]; ``stop`` a
+    string or a list of strings; ``response_format`` ``text``/``json_object``/``json_schema``;
+    ``tools`` (functions), ``tool_choice`` (``auto``, ``none`` or one named function) and
+    ``parallel_tool_calls`` in OpenAI's shape.
+    """
 
     temperature: float | None = Field(None, ge=0, lt=2)
     top_p: float | None = Field(None, gt=0, le=1)
     max_tokens: int | None = Field(None, ge=1)
     enable_thinking: bool | None = None
+    presence_penalty: float | None = Field(None, ge=-2, le=2)
+    seed: int | None = Field(None, ge=0, le=2**31 - 1)
+    stop: str | list[str] | None = None
+    response_format: dict[str, Any] | None = None
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    parallel_tool_calls: bool | None = None
+
+
+_FORWARDED = ("presence_penalty", "seed", "stop", "response_format", "tools", "tool_choice", "parallel_tool_calls")
 
 
 def chat_request(
@@ -143,12 +198,22 @@ def chat_request(
         "max_tokens": min(params.max_tokens or model.max_tokens, model.max_output_tokens),
         "stream": stream,
     }
+    for name in _FORWARDED:
+        value = getattr(params, name)
+        if value is not None:
+            kwargs[name] = value
     if stream:
         kwargs["stream_options"] = {"include_usage": True}
     if model.thinking == "optional":
         # DashScope rejects enable_thinking=true on non-streaming calls.
         kwargs["extra_body"] = {"enable_thinking": bool(params.enable_thinking) and stream}
     return kwargs
+
+
+def chat_body(messages: Sequence[Message], model: GeneratorModel, params: ChatParams) -> dict[str, Any]:
+    """The JSON body of a streaming call (the SDK's ``extra_body`` merged in, as the SDK does)."""
+    kwargs = chat_request(messages, model, params, stream=True)
+    return {**kwargs, **kwargs.pop("extra_body", {})}
 
 
 def embedding_request(texts: Sequence[str], model: EmbeddingModel, dimensions: int) -> dict[str, Any]:
@@ -180,7 +245,16 @@ class StreamEnd:
     request_id: str | None = None
 
 
-StreamEvent = TextDelta | ReasoningDelta | StreamEnd
+@dataclass(frozen=True)
+class ToolCallDelta:
+    """Pieces of tool calls, in OpenAI's (and DashScope's) wire shape: ``[{"index", "id", "type",
+    "function": {"name", "arguments"}}]``; later pieces of a call carry only its ``index`` and more
+    ``arguments`` text."""
+
+    calls: tuple[dict[str, Any], ...]
+
+
+StreamEvent = TextDelta | ReasoningDelta | ToolCallDelta | StreamEnd
 
 
 @dataclass(frozen=True)
@@ -218,6 +292,7 @@ class DashScopeClient:
         self._lock = threading.Lock()
         self._sync: tuple[str, openai.OpenAI] | None = None
         self._async: tuple[str, openai.AsyncOpenAI] | None = None
+        self._http_client: tuple[str, asyncio.AbstractEventLoop, httpx.AsyncClient] | None = None
 
     def _client_args(self, key: str) -> dict[str, Any]:
         headers = {}
@@ -287,12 +362,12 @@ class DashScopeClient:
     def embed_batch(self, texts: Sequence[str], model: EmbeddingModel, dimensions: int) -> EmbeddingBatch:
         request = embedding_request(texts, model, dimensions)
         raw = self._call(lambda c: c.embeddings.with_raw_response.create(**request))
-        return _embedding_batch(orjson.loads(raw.content), model, len(texts))
+        return _embedding_batch(_embedding_json(raw.content, model), model, len(texts))
 
     async def aembed_batch(self, texts: Sequence[str], model: EmbeddingModel, dimensions: int) -> EmbeddingBatch:
         request = embedding_request(texts, model, dimensions)
         raw = await self._acall(lambda c: c.embeddings.with_raw_response.create(**request))
-        return _embedding_batch(orjson.loads(raw.content), model, len(texts))
+        return _embedding_batch(_embedding_json(raw.content, model), model, len(texts))
 
     # chat
 
@@ -305,39 +380,189 @@ class DashScopeClient:
         reasoning = (choice.message.model_extra or {}).get("reasoning_content") or ""
         return Completion(choice.message.content or "", reasoning, usage, choice.finish_reason)
 
+    # the chat stream, over httpx
+
+    def _http(self, key: str) -> httpx.AsyncClient:
+        """One pooled httpx client per key and event loop (connections belong to their loop)."""
+        fp, loop = self._fingerprint(key), asyncio.get_running_loop()
+        with self._lock:
+            cached = self._http_client
+            if cached is None or cached[0] != fp or cached[1] is not loop:
+                headers = {"Authorization": f"Bearer {key}", "Accept": "text/event-stream"}
+                if self.settings.dashscope_workspace_id:
+                    headers[WORKSPACE_HEADER] = self.settings.dashscope_workspace_id
+                client = httpx.AsyncClient(
+                    base_url=self.settings.base_url,
+                    headers=headers,
+                    # the SDK's own defaults: a long read timeout, a short connect timeout, a big pool
+                    timeout=httpx.Timeout(self._timeout, connect=min(self._timeout, 5.0)),
+                    limits=httpx.Limits(max_connections=1000, max_keepalive_connections=100),
+                )
+                cached = self._http_client = (fp, loop, client)
+            return cached[2]
+
+    async def _open_stream(self, body: dict[str, Any]) -> httpx.Response:
+        """POST the streaming call; retry like the SDK until the first byte (see :func:`retry_delay`)."""
+        content = orjson.dumps(body)
+        reread = self.keys.source != "DASHSCOPE_API_KEY"
+        attempt = 0
+        while True:
+            key = self.keys.get().get_secret_value()
+            client = self._http(key)
+            failure: RagError
+            delay_headers: Mapping[str, str] = {}
+            try:
+                response = await client.send(
+                    client.build_request(
+                        "POST", "/chat/completions", content=content, headers={"Content-Type": "application/json"}
+                    ),
+                    stream=True,
+                )
+            except httpx.TimeoutException:
+                failure = ServiceUnavailableError("DashScope timed out after retries")
+            except httpx.TransportError:
+                failure = ServiceUnavailableError("could not reach DashScope after retries")
+            else:
+                if response.status_code == 200:
+                    return response
+                raw = await response.aread()
+                await response.aclose()
+                rid = response.headers.get("x-request-id") or response.headers.get("x-dashscope-request-id")
+                code, message = _error_fields(_loads_or_none(raw))
+                failure = map_status(
+                    response.status_code,
+                    code,
+                    message or raw[:200].decode("utf-8", "replace"),
+                    region=self.settings.region,
+                    key_source=self.keys.source,
+                    request_id=rid,
+                )
+                if response.status_code == 401 and reread:
+                    reread = False  # a rotated secret: read it again, once
+                    self.keys.invalidate()
+                    continue
+                if response.status_code not in _RETRY_STATUSES:
+                    raise failure
+                delay_headers = response.headers
+            if attempt >= self._max_retries:
+                raise failure
+            await asyncio.sleep(retry_delay(attempt, delay_headers))
+            attempt += 1
+
     async def stream(
         self, messages: Sequence[Message], model: GeneratorModel, params: ChatParams
     ) -> AsyncGenerator[StreamEvent]:
         """Yield deltas as DashScope sends them, then one :class:`StreamEnd` with the usage.
 
-        Errors before the first chunk are retried by the SDK; an interruption after it cannot be
-        retried without repeating text, so it is raised as :class:`ServiceUnavailableError`.
+        Errors before the first byte are retried (as the SDK would); an interruption after it cannot
+        be retried without repeating text: a dropped connection is a :class:`ServiceUnavailableError`,
+        an error event inside the stream is mapped by its code (moderation stays a moderation
+        error, throttling a 429). Closing the generator closes the upstream connection, which stops
+        DashScope generating.
         """
-        request = chat_request(messages, model, params, stream=True)
-        stream = await self._acall(lambda c: c.chat.completions.create(**request))
+        response = await self._open_stream(chat_body(messages, model, params))
         usage: Usage | None = None
         finish: str | None = None
         request_id: str | None = None
         try:
-            async for chunk in stream:
-                request_id = request_id or chunk.id
-                if chunk.usage is not None:
-                    usage = chat_usage(model, chunk.usage.prompt_tokens, chunk.usage.completion_tokens)
-                for choice in chunk.choices[:1]:
-                    delta = choice.delta
-                    reasoning = (delta.model_extra or {}).get("reasoning_content")
+            if "text/event-stream" not in response.headers.get("content-type", ""):
+                raw = await response.aread()  # a 200 that is not a stream: an error body, or a proxy's page
+                code, message = _error_fields(_loads_or_none(raw))
+                raise map_status(status_of_code(code), code, message or "DashScope answered without a stream")
+            async for sse in EventSource(response).aiter_sse():
+                if sse.data == "[DONE]":
+                    break
+                chunk = _chunk(sse.data)
+                if sse.event == "error" or "error" in chunk or ("code" in chunk and "choices" not in chunk):
+                    code, message = _error_fields(chunk)
+                    raise map_status(
+                        status_of_code(code),
+                        code,
+                        message,
+                        region=self.settings.region,
+                        key_source=self.keys.source,
+                        request_id=chunk.get("request_id") or request_id,
+                    )
+                request_id = request_id or chunk.get("id")
+                u = chunk.get("usage")
+                if u:
+                    usage = chat_usage(model, int(u.get("prompt_tokens") or 0), int(u.get("completion_tokens") or 0))
+                choices = chunk.get("choices") or ()
+                if choices:
+                    choice = choices[0]
+                    delta = choice.get("delta") or {}
+                    reasoning = delta.get("reasoning_content")
                     if reasoning:
                         yield ReasoningDelta(reasoning)
-                    if delta.content:
-                        yield TextDelta(delta.content)
-                    finish = choice.finish_reason or finish
-        except DashScopeError:
-            raise
-        except Exception as exc:  # dropped connection, error event inside the stream
-            raise self._map(exc) from None
+                    content = delta.get("content")
+                    if content:
+                        yield TextDelta(content)
+                    calls = delta.get("tool_calls")
+                    if calls:
+                        yield ToolCallDelta(tuple(calls))
+                    finish = choice.get("finish_reason") or finish
+        except httpx.HTTPError as exc:  # dropped connection, read timeout mid-stream
+            raise ServiceUnavailableError(f"DashScope stream interrupted ({type(exc).__name__})") from None
+        except SSEError as exc:
+            raise DashScopeError(f"DashScope sent a malformed stream ({exc})") from None
         finally:
-            await stream.close()
+            await response.aclose()
         yield StreamEnd(usage or Usage(calls=1), finish, request_id)
+
+
+# --- retries and parsing of the stream (pure) ---------------------------------------------------
+
+# What the openai SDK retries (its _should_retry): timeouts, conflicts, throttling, server errors.
+_RETRY_STATUSES = frozenset({408, 409, 429, 500, 502, 503, 504})
+INITIAL_RETRY_DELAY, MAX_RETRY_DELAY = 0.5, 8.0  # the SDK's values
+
+
+def retry_delay(attempt: int, headers: Mapping[str, str], *, now: float | None = None) -> float:
+    """Seconds before retry ``attempt`` (0-based): the server's ``retry-after-ms``/``Retry-After``
+    (seconds or an HTTP date) when it gives one up to 60 s, else the SDK's exponential backoff
+    (0.5 s doubling, at most 8 s) less up to 25% jitter."""
+    for name, scale in (("retry-after-ms", 0.001), ("retry-after", 1.0)):
+        value = headers.get(name)
+        if value is None:
+            continue
+        try:
+            seconds = float(value) * scale
+        except ValueError:
+            parsed = email.utils.parsedate_tz(value)
+            if parsed is None:
+                continue
+            seconds = email.utils.mktime_tz(parsed) - (time.time() if now is None else now)
+        if 0 <= seconds <= 60:
+            return seconds
+    backoff = min(INITIAL_RETRY_DELAY * 2.0**attempt, MAX_RETRY_DELAY)
+    return backoff * (1 - 0.25 * random.random())  # noqa: S311 - jitter, not cryptography
+
+
+def _loads_or_none(raw: bytes) -> Any:
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+
+
+def _chunk(data: str) -> dict[str, Any]:
+    """One stream chunk; a chunk that is not a JSON object is DashScope's fault, reported as such."""
+    try:
+        chunk = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        raise DashScopeError("DashScope sent a stream chunk that is not valid JSON") from None
+    if not isinstance(chunk, dict):
+        raise DashScopeError("DashScope sent a stream chunk of unexpected shape")
+    return chunk
+
+
+def _embedding_json(raw: bytes, model: EmbeddingModel) -> Any:
+    """The body, or a :class:`DashScopeError` (a JSON 502 for the chat API, a retried failure for the
+    indexer) when a 200 carries malformed JSON, NaN or Infinity (orjson, like JSON, refuses both)."""
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise DashScopeError(f"{model.name} returned an embeddings response that is not valid JSON") from None
 
 
 def _embedding_batch(body: Any, model: EmbeddingModel, expected: int) -> EmbeddingBatch:

@@ -8,13 +8,18 @@ the value is cached for ``SECRET_MAX_AGE_SECONDS`` and :meth:`ApiKeyProvider.inv
 from __future__ import annotations
 
 import json
+import logging
 import threading
+import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from pydantic import SecretStr
 
 from rag_shared.errors import MissingApiKeyError, SecretUnavailableError
 from rag_shared.logs import register_secret
+
+logger = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from aws_lambda_powertools.utilities.parameters import SecretsProvider
@@ -51,6 +56,69 @@ def parse_secret_value(value: str | bytes | dict[str, object] | None, *, secret_
     raise MissingApiKeyError(f"secret {secret_id} is empty. {MISSING_KEY_MESSAGE}")
 
 
+class CachedSecret:
+    """One Secrets Manager secret, parsed, cached for ``max_age_seconds``; thread-safe.
+
+    The one reader for both secrets the project reads (the DashScope key and the chat token), so
+    neither costs a Secrets Manager call per request. A failed read (throttling, network, KMS) is
+    remembered for ``failure_backoff_seconds``: callers in that window get the same
+    :class:`SecretUnavailableError` at once, so a flood of (unauthenticated) requests cannot turn
+    into a flood of GetSecretValue calls. Messages name the setting (``label``), never the ARN,
+    which holds the account id and the secret's name; the ARN goes to the log only.
+    """
+
+    def __init__(
+        self,
+        secret_id: str,
+        *,
+        label: str,
+        max_age_seconds: int = 300,
+        failure_backoff_seconds: float = 1.0,
+        provider: SecretsProvider | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.secret_id = secret_id
+        self.label = label
+        self._max_age = max_age_seconds
+        self._backoff = failure_backoff_seconds
+        self._provider = provider
+        self._clock = clock
+        self._force = False
+        self._failed: tuple[float, SecretUnavailableError] | None = None
+        self._lock = threading.Lock()
+
+    def get(self) -> str:
+        # imported here: it loads boto3 (~0.13 s), which only the Secrets Manager path needs
+        from aws_lambda_powertools.utilities.parameters import SecretsProvider
+        from aws_lambda_powertools.utilities.parameters.exceptions import GetParameterError
+
+        with self._lock:
+            now = self._clock()
+            if self._failed is not None and now < self._failed[0]:
+                raise self._failed[1]
+            force, self._force = self._force, False
+            if self._provider is None:
+                self._provider = SecretsProvider()
+            try:
+                raw = self._provider.get(self.secret_id, max_age=self._max_age, force_fetch=force)
+            except GetParameterError as exc:
+                self._force = force  # still stale: fetch again next time
+                reason = type(exc.__cause__ or exc).__name__
+                logger.warning("secret unreadable", extra={"secret": self.secret_id, "error": reason})
+                error = SecretUnavailableError(f"could not read the secret in {self.label} just now ({reason})")
+                self._failed = (now + self._backoff, error)
+                raise error from None
+            self._failed = None
+        value = parse_secret_value(raw, secret_id=f"the secret in {self.label}")
+        register_secret(value)
+        return value
+
+    def invalidate(self) -> None:
+        """The value was rejected: the next :meth:`get` reads Secrets Manager again."""
+        with self._lock:
+            self._force = True
+
+
 class ApiKeyProvider:
     """Resolves the key; thread-safe, since the indexer embeds from several threads."""
 
@@ -61,13 +129,20 @@ class ApiKeyProvider:
         secret_id: str | None,
         max_age_seconds: int = 300,
         provider: SecretsProvider | None = None,
+        failure_backoff_seconds: float = 1.0,
     ) -> None:
         self._env_key = env_key
-        self._secret_id = secret_id
-        self._max_age = max_age_seconds
-        self._provider = provider
-        self._force = False
-        self._lock = threading.Lock()
+        self._secret = (
+            CachedSecret(
+                secret_id,
+                label="DASHSCOPE_SECRET_ARN",
+                max_age_seconds=max_age_seconds,
+                failure_backoff_seconds=failure_backoff_seconds,
+                provider=provider,
+            )
+            if secret_id
+            else None
+        )
         if env_key is not None:
             register_secret(env_key.get_secret_value())
 
@@ -82,38 +157,21 @@ class ApiKeyProvider:
 
     @property
     def source(self) -> str:
-        """Where the key comes from, for logs and error messages (never the key itself)."""
+        """Where the key comes from, for logs and error messages (never the key, nor the ARN)."""
         if self._env_key is not None:
             return "DASHSCOPE_API_KEY"
-        if self._secret_id:
-            return f"Secrets Manager secret {self._secret_id}"
+        if self._secret is not None:
+            return "Secrets Manager, DASHSCOPE_SECRET_ARN"
         return "nowhere"
 
     def get(self) -> SecretStr:
         if self._env_key is not None:
             return self._env_key
-        if not self._secret_id:
+        if self._secret is None:
             raise MissingApiKeyError(MISSING_KEY_MESSAGE)
-        # imported here: it loads boto3 (~0.13 s), which only the Secrets Manager path needs
-        from aws_lambda_powertools.utilities.parameters import SecretsProvider
-        from aws_lambda_powertools.utilities.parameters.exceptions import GetParameterError
-
-        with self._lock:
-            force, self._force = self._force, False
-            if self._provider is None:
-                self._provider = SecretsProvider()
-            try:
-                raw = self._provider.get(self._secret_id, max_age=self._max_age, force_fetch=force)
-            except GetParameterError as exc:
-                self._force = force  # still stale: fetch again next time
-                raise SecretUnavailableError(
-                    f"could not read DashScope key from secret {self._secret_id}: {type(exc.__cause__ or exc).__name__}"
-                ) from None
-        key = parse_secret_value(raw, secret_id=self._secret_id)
-        register_secret(key)
-        return SecretStr(key)
+        return SecretStr(self._secret.get())
 
     def invalidate(self) -> None:
         """The key was rejected: the next :meth:`get` reads Secrets Manager again."""
-        with self._lock:
-            self._force = True
+        if self._secret is not None:
+            self._secret.invalidate()
