@@ -88,7 +88,8 @@ def _check_extract(key: str, data: bytes, ctype: str | None, limits: Limits) -> 
     try:
         out = extract(key, data, ctype, limits=limits)
     except Unindexable as exc:
-        assert exc.reason
+        reason = exc.reason
+        assert reason
         return
     assert out.text.strip()
     assert len(out.text) <= limits.max_chars + 600  # + a title line at most
@@ -194,7 +195,8 @@ def test_event_parser_accepts_or_refuses_with_bad_event(payload, as_text):
     try:
         events = parse_notification(body)
     except BadEvent as exc:
-        assert str(exc)
+        message = str(exc)
+        assert message
         return
     for e in events:
         assert e.action in ("upsert", "remove", "sweep") and isinstance(e.key, str)
