@@ -57,6 +57,7 @@ def _repeat(unit: bytes, n: int, head: bytes = b"", tail: bytes = b"") -> bytes:
     return head + unit * max(1, (n - len(head) - len(tail)) // len(unit)) + tail
 
 
+_LOREM = b"lorem ipsum dolor sit amet "
 # name -> (object key, n -> bytes of about n bytes, or for PDFs n bytes of inflated content)
 SHAPES: dict[str, tuple[str, Callable[[int], bytes]]] = {
     "html nested tags": ("a.html", lambda n: _repeat(b"<div>", n)),
@@ -64,6 +65,7 @@ SHAPES: dict[str, tuple[str, Callable[[int], bytes]]] = {
     "html unclosed title": ("a.html", lambda n: _repeat(b"<b>x</b>", n, head=b"<title>")),
     "html unclosed comment": ("a.html", lambda n: _repeat(b"<a>", n, head=b"<!--")),
     "html text + emoji": ("a.html", lambda n: _repeat(b"<p>lorem ipsum dolor sit amet</p>", n, tail=EMOJI)),
+    "html long text + emoji": ("a.html", lambda n: _repeat(b"<p>" + _LOREM * 40 + b"</p>", n, tail=EMOJI)),
     "markdown long heading line": ("a.md", lambda n: _repeat(b"# ", n, head=b"# a ", tail=b"b\n")),
     "markdown all headings": ("a.md", lambda n: _repeat(b"# a # b\n", n)),
     "one-word file": ("a.txt", lambda n: _repeat(b"a", n, tail=EMOJI)),

@@ -141,6 +141,12 @@ BINARY_SUFFIXES = {
 }
 _SNIFF_BYTES = 8192
 _SLICE = 1 << 20  # bytes decoded at a time when text must be counted or fed incrementally
+_WS = " \t\r\f\v\n"
+_LEAD_WS = re.compile(r"[ \t\r\f\v\n]+")
+_BLANKS = re.compile(r"[ \t\r\f\v]+")
+_SPACED_NL = re.compile(r" ?\n ?")  # after _BLANKS a run of blanks is one space
+_MANY_NL = re.compile(r"\n{3,}")
+_NORMALISE = 1 << 16
 _FEEDS = 4  # pieces an HTML page is fed to the parser in (see _feed_pieces)
 _MAX_TITLE = 500  # characters of an HTML <title> kept; an unclosed <title> must not swallow the page
 
@@ -306,12 +312,46 @@ class _HtmlText(HTMLParser):
         self._title: list[str] = []
         self._title_len = 0
         self._in_title = False
+        self._newlines = 0  # whitespace held back after the last text: newlines in it
+        self._blank = False  # and whether there was any
 
     @property
     def title(self) -> str:
         return "".join(self._title)
 
     def _add(self, text: str) -> None:
+        """Append ``text`` with whitespace normalised as it streams in: a run of blanks and
+        newlines becomes one space, or its newlines (at most two). Done per piece of at most
+        64 K characters with the held-back trailing run carried over, because ``re.sub`` over
+        the whole page builds a list of every matched piece: 31 MB of text peaked at 713 MB."""
+        for i in range(0, len(text), _NORMALISE):
+            self._add_piece(text[i : i + _NORMALISE])
+
+    def _add_piece(self, piece: str) -> None:
+        lead = _LEAD_WS.match(piece)
+        start = lead.end() if lead else 0
+        self._pending(piece[:start])
+        if start == len(piece):
+            return
+        body = piece[start:].rstrip(_WS)
+        trailing = piece[start + len(body) :]
+        if self.chars:  # nothing before the first text: the page is stripped
+            sep = "\n" * min(self._newlines, 2) if self._newlines else (" " if self._blank else "")
+            self._out(sep)
+        body = _BLANKS.sub(" ", body)
+        body = _SPACED_NL.sub("\n", body)
+        self._out(_MANY_NL.sub("\n\n", body))
+        self._newlines, self._blank = 0, False
+        self._pending(trailing)
+
+    def _pending(self, ws: str) -> None:
+        if ws:
+            self._newlines += ws.count("\n")
+            self._blank = True
+
+    def _out(self, text: str) -> None:
+        if not text:
+            return
         self.parts.append(text)
         self.chars += len(text)
         if self.chars > self.max_chars:
@@ -379,9 +419,7 @@ class _HtmlText(HTMLParser):
         self.parts.clear()
         raw = "".join(self.blocks)
         self.blocks.clear()
-        raw = re.sub(r"[ \t\r\f\v]+", " ", raw)
-        raw = re.sub(r" ?\n ?", "\n", raw)  # runs of blanks are single spaces by now
-        return re.sub(r"\n{3,}", "\n\n", raw).strip()
+        return raw.strip()  # only Unicode blanks can be left at the ends; no copy otherwise
 
 
 _TAG_NAME = re.compile(r"<([a-zA-Z][^\t\n\r\f />\x00]*)")
