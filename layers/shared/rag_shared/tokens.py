@@ -5,8 +5,9 @@ about twenty packages) is too heavy for a Lambda layer that must cold-start fast
 own encodings are downloaded at run time. Chunk sizes and prompt budgets only need an upper
 bound, so this counts the pieces Qwen's pre-tokenizer splits text into and errs high: one token
 per CJK character (Qwen averages 1.3-1.5 characters per token), one per digit and punctuation
-mark, one per four letters of a word, and runs of blanks. ``tests/test_tokens.py`` checks it never
-undercounts the real tokenizer on English, Chinese, code and hostile runs of blanks.
+mark, one per four letters of a word, and runs of blanks. ``tests/shared/test_tokens.py`` checks it
+never undercounts the real tokenizer on English, Chinese and code, and stays within 2x of it on
+hostile runs of blanks and line separators.
 """
 
 from __future__ import annotations
