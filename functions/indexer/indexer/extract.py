@@ -493,8 +493,9 @@ def pdf_to_text(data: bytes, *, limits: Limits = DEFAULT_LIMITS) -> str:
 
     parts: list[str] = []
     chars = 0
-    # pypdf's resource limits (pypdf.Configuration, pypdf >= 7.0 "Security" docs): a content stream
-    # inflating past max_pdf_stream_bytes raises LimitReachedError instead of being decompressed.
+    # pypdf's resource limits (pypdf.Configuration; pypdf.readthedocs.io modules/configuration.html
+    # and user/security.html: 75 MB per stream by default): a stream inflating past
+    # max_pdf_stream_bytes raises LimitReachedError instead of being decompressed further.
     with apply_configuration(
         zlib_maximum_output_length=limits.max_pdf_stream_bytes,
         lzw_maximum_output_length=limits.max_pdf_stream_bytes,
