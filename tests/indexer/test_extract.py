@@ -62,3 +62,46 @@ def test_unknown_charset_in_content_type_falls_back_to_clear_error():
         extract("a.txt", b"ok \xfa\xfb bad", "text/plain; charset=nonsense")
     with pytest.raises(Unindexable, match="UTF-16"):
         extract("a.txt", b"\xff\xfe\x00\xd8 x")
+
+
+def test_limits_default_to_the_settings_defaults():
+    """The Settings fields the handler passes (MAX_EXTRACTED_CHARS, MAX_PDF_*) and Limits agree."""
+    from indexer.extract import DEFAULT_LIMITS
+    from rag_shared.config import Settings
+
+    s = Settings()
+    assert (s.max_extracted_chars, s.max_pdf_pages, s.max_pdf_stream_bytes, s.max_pdf_content_bytes) == (
+        DEFAULT_LIMITS.max_chars,
+        DEFAULT_LIMITS.max_pdf_pages,
+        DEFAULT_LIMITS.max_pdf_stream_bytes,
+        DEFAULT_LIMITS.max_pdf_content_bytes,
+    )
+
+
+def test_over_long_text_is_refused_with_its_limit():
+    from indexer.extract import Limits
+
+    small = Limits(max_chars=1000)
+    with pytest.raises(Unindexable, match="MAX_EXTRACTED_CHARS"):
+        extract("a.txt", b"x" * 5000, limits=small)
+    with pytest.raises(Unindexable, match="MAX_EXTRACTED_CHARS"):
+        extract("a.html", b"<p>" + b"x" * 5000, limits=small)
+    assert extract("a.txt", b"x" * 1000, limits=small).text == "x" * 1000
+
+
+def test_pdf_page_and_content_limits():
+    from indexer.extract import Limits
+
+    from bench.hostile import hostile_pdf
+
+    with pytest.raises(Unindexable, match="MAX_PDF_PAGES"):
+        extract("a.pdf", hostile_pdf(1000, pages=3), limits=Limits(max_pdf_pages=2))
+    with pytest.raises(Unindexable, match="MAX_PDF_CONTENT_BYTES"):
+        extract("a.pdf", hostile_pdf(10_000, pages=3), limits=Limits(max_pdf_content_bytes=25_000))
+    assert "Jack" in extract("a.pdf", hostile_pdf(10_000, pages=2)).text
+
+
+def test_unclosed_constructs_end_as_html5_ends_them():
+    assert html_to_text("<p>kept</p><!-- never closed <p>hidden") == "kept"
+    assert html_to_text("<p>kept</p><a href='x") == "kept"
+    assert html_to_text("<title>" + "<b>x</b>" * 1000) == "# " + "x" * 500 + "\n\n" + "x" * 1000

@@ -62,3 +62,26 @@ def test_fast_count_equals_the_sum_over_split_points():
     for text in texts:
         walked = [total for _, total in token_boundaries(text)]
         assert estimate_tokens(text) == (walked[-1] if walked else 0), repr(text)
+
+
+HOSTILE = {
+    "spaces": " " * 1000,
+    "newlines": "\n" * 1000,
+    "tabs": "\t" * 1000,
+    "a spaces b": "a" + " " * 1000 + "b",
+    "crlf": "\r\n" * 500,
+    "nbsp": "\u00a0" * 1000,
+    "line separators": "\u2028" * 1000,
+    "x tab": "x\t" * 500,
+    "one word": "a" * 20_000,
+}
+
+
+@pytest.mark.parametrize("name", sorted(HOSTILE))
+def test_hostile_whitespace_and_long_words_are_not_undercounted_much(qwen, name):
+    """Blank runs used to count as nothing: a chunk of a file of blanks was estimated at a few
+    tokens and failed DashScope's per-text limit. Now at worst half the real count (U+2028 is two
+    tokens a character), so a 400-token chunk stays far under 8,192."""
+    text = HOSTILE[name]
+    real = len(qwen.encode(text))
+    assert real <= 2 * estimate_tokens(text), (real, estimate_tokens(text))

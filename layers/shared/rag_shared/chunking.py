@@ -2,8 +2,9 @@
 
 Chunks end on paragraph or sentence boundaries where they can (Chinese sentence punctuation
 included, since Chinese has no spaces to split on), fall back to token boundaries inside a
-too-long sentence, and carry the Markdown heading path they sit under. Chunking is lazy: a
-50 MB file is walked once and never held as a list of pieces.
+too-long sentence (and inside a word too long for any chunk), and carry the Markdown heading path
+they sit under. Chunking is lazy and linear: a 50 MB file is walked once, never held as a list of
+pieces or headings, and no regex here backtracks over more than a bounded stretch.
 """
 
 from __future__ import annotations
@@ -19,7 +20,14 @@ from rag_shared.tokens import estimate_tokens, token_boundaries
 # A unit ends after a blank line, a newline, or sentence punctuation (ASCII followed by space;
 # CJK full-width marks need no space).
 _UNIT_END = re.compile(r"\n\s*\n|\n|[.!?;](?=\s)|[。！？；…]+[”’」』)]?")
-_HEADING = re.compile(r"^(#{1,6})[ \t]+(.+?)[ \t#]*$", re.MULTILINE)
+# Linear: the title is read as the rest of the line (at most _HEADING_SCAN characters) and its
+# closing #s stripped in Python. The former ``(.+?)[ \t#]*$`` retried the tail at every character,
+# quadratic in the line: a 150 kB line of "# a # # … b" took 43 s.
+_HEADING_SCAN = 1000
+_HEADING = re.compile(rf"^(#{{1,6}})[ \t]+([^\n]{{0,{_HEADING_SCAN}}})", re.MULTILINE)
+MAX_HEADING_CHARS = 200  # of each title in a heading path; a chunk's heading is at most 6 of them
+# A unit longer than this is cut by walking its token boundaries instead of being counted whole
+_LONG_UNIT = 4096
 
 
 class Chunk(BaseModel):
@@ -54,20 +62,26 @@ def _split_long(text: str, start: int, end: int, limit: int) -> Iterator[tuple[i
         yield piece_start, end, max(last_total - base, 0)
 
 
+def _title(raw: str) -> str:
+    """A heading's text without its optional closing #s (the first character is always kept)."""
+    return (raw[:1] + raw[1:].rstrip(" \t#")).strip()[:MAX_HEADING_CHARS]
+
+
 class _Headings:
-    """Heading path (``A > B``) at any offset, for Markdown sources."""
+    """Heading path (``A > B``) at any offset, for Markdown sources; headings are found lazily,
+    as the chunks reach them (a file of a million headings is never a list of a million)."""
 
     def __init__(self, text: str) -> None:
-        self._marks = [(m.start(), len(m.group(1)), m.group(2).strip()) for m in _HEADING.finditer(text)]
-        self._i = 0
+        self._marks = _HEADING.finditer(text)
+        self._next = next(self._marks, None)
         self._path: list[tuple[int, str]] = []
 
     def at(self, offset: int) -> str | None:
         """Offsets must be asked in increasing order (chunks are produced in order)."""
-        while self._i < len(self._marks) and self._marks[self._i][0] <= offset:
-            _, level, title = self._marks[self._i]
+        while self._next is not None and self._next.start() <= offset:
+            level, title = len(self._next.group(1)), _title(self._next.group(2))
             self._path = [(lvl, t) for lvl, t in self._path if lvl < level] + [(level, title)]
-            self._i += 1
+            self._next = next(self._marks, None)
         return " > ".join(t for _, t in self._path) or None
 
 
@@ -82,6 +96,9 @@ def chunk_text(text: str, *, size: int = 400, overlap: int = 60, markdown: bool 
 
     def pieces() -> Iterator[tuple[int, int, int]]:
         for start, end in _units(text):
+            if end - start > _LONG_UNIT:  # never sliced whole: a one-line 50 MB file is one unit
+                yield from _split_long(text, start, end, size)
+                continue
             tokens = estimate_tokens(text[start:end])
             if tokens > size:
                 yield from _split_long(text, start, end, size)

@@ -345,6 +345,12 @@ class Settings(BaseSettings):
     chunk_size_tokens: int = Field(400, ge=32, le=8192)
     chunk_overlap_tokens: int = Field(60, ge=0)
     max_file_bytes: PositiveInt = 50 * 1024 * 1024
+    # Hostile input (issue 13): bounds on what an object may expand into, apart from its size;
+    # defaults and why in indexer.extract.Limits. Passed to extract(..., limits=...).
+    max_extracted_chars: PositiveInt = 32_000_000
+    max_pdf_pages: PositiveInt = 5_000
+    max_pdf_stream_bytes: PositiveInt = 4_000_000
+    max_pdf_content_bytes: PositiveInt = 32_000_000
     # OpenSearch Serverless only: the queue the indexer sends its delayed sweep messages to
     sweep_queue_url: str | None = None
     sweep_delay_seconds: int = Field(60, ge=0, le=900)  # SQS's DelaySeconds range

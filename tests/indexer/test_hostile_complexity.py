@@ -1,0 +1,85 @@
+"""Doubling a hostile input at most ~2.3x the time, for each extractor and the chunker.
+
+CPU time of this process (``time.process_time``), best of 3 at n and 2n, so other processes on a
+busy machine do not count; a ratio over the bound is measured up to twice more before failing. A
+quadratic step shows ~4x and fails either way.
+"""
+
+from __future__ import annotations
+
+import gc
+import time
+from collections.abc import Callable
+
+import pytest
+from indexer.extract import Limits, Unindexable, extract
+from rag_shared.chunking import chunk_text
+
+from bench.hostile import SHAPES
+
+BOUND = 2.3
+
+
+def _run(key: str, data: bytes, limits: Limits) -> None:
+    try:
+        out = extract(key, data, limits=limits)
+    except Unindexable:
+        return
+    for _ in chunk_text(out.text, size=400, overlap=60, markdown=out.markdown):
+        pass
+
+
+def _best(fn: Callable[[], None], runs: int = 3) -> float:
+    best = float("inf")
+    for _ in range(runs):
+        gc.collect()
+        t0 = time.process_time()
+        fn()
+        best = min(best, time.process_time() - t0)
+    return best
+
+
+def _ratio(key: str, small: bytes, large: bytes, limits: Limits) -> tuple[float, float, float]:
+    t1 = _best(lambda: _run(key, small, limits))
+    t2 = _best(lambda: _run(key, large, limits))
+    for _ in range(2):  # over the bound on a busy machine: measure again, keep the best of all
+        if t2 / t1 <= BOUND:
+            break
+        t1 = min(t1, _best(lambda: _run(key, small, limits)))
+        t2 = min(t2, _best(lambda: _run(key, large, limits)))
+    return t2 / t1, t1, t2
+
+
+@pytest.mark.parametrize(
+    ("shape", "n"),
+    [
+        ("html nested tags", 60_000),
+        ("html unclosed tags", 8_000_000),
+        ("html unclosed title", 60_000),
+        ("html unclosed comment", 8_000_000),
+        ("html text + emoji", 200_000),
+        ("markdown long heading line", 150_000),
+        ("markdown all headings", 150_000),
+        ("one-word file", 1_000_000),
+        ("text + one emoji", 150_000),
+        ("blank runs", 3_000_000),
+        ("pdf high-ratio stream", 30_000),  # inflated content; extracted and chunked
+    ],
+)
+def test_doubling_the_input_at_most_2_3x_the_time(shape, n):
+    key, build = SHAPES[shape]
+    ratio, t1, t2 = _ratio(key, build(n), build(2 * n), Limits())
+    if t2 < 0.02:  # too quick to time; a super-linear step would take seconds at these sizes
+        return
+    assert ratio <= BOUND, f"{shape}: {t1:.3f} s at n, {t2:.3f} s at 2n ({ratio:.2f}x)"
+
+
+def test_a_pdf_inflating_past_its_bound_stops_early():
+    """Twice the inflated size past the bound costs no more: decompression stops at the limit."""
+    limits = Limits(max_pdf_stream_bytes=1_000_000)
+    small, large = SHAPES["pdf high-ratio stream"][1](4_000_000), SHAPES["pdf high-ratio stream"][1](8_000_000)
+    with pytest.raises(Unindexable, match="MAX_PDF_STREAM_BYTES"):
+        extract("a.pdf", large, limits=limits)
+    ratio, t1, t2 = _ratio("a.pdf", small, large, limits)
+    assert ratio <= BOUND, f"{t1:.3f} s at n, {t2:.3f} s at 2n"
+    assert t2 < 1.0  # it never inflated 8 MB and parsed it (that takes ~20 s)
