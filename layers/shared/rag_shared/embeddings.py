@@ -4,6 +4,10 @@ The embedder never sends more texts in one call than the model accepts (25 for
 text-embedding-v1/v2, 10 for v3/v4: shared/REFERENCE.md), keeps input order, never sends an
 empty text, embeds a repeated text once, asks the cache before calling, and runs several calls at
 once (bounded) so a 1,000-chunk file is not 40 round trips in a row.
+
+With a :class:`rag_shared.pacing.Pacer` every call waits for its slot under the account's
+requests/s and tokens/s, and a 429 is retried here, through the pacer, which learns from it; build
+the client with ``max_retries=0`` then, so the SDK does not retry 429s blindly out of its sight.
 """
 
 from __future__ import annotations
@@ -11,15 +15,18 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import random
 import threading
+import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from rag_shared.config import EmbeddingModel
+from rag_shared.config import EmbeddingModel, Settings
 from rag_shared.dashscope import EmbeddingBatch
-from rag_shared.errors import EmbeddingDimensionError
+from rag_shared.errors import EmbeddingDimensionError, RagError, ThrottledError
+from rag_shared.pacing import Pacer, Permit, TokensPerChar, parse_retry_after, throttle_kind
 from rag_shared.tokens import estimate_tokens
 from rag_shared.usage import Usage
 
@@ -81,6 +88,37 @@ def plan_batches(texts: Sequence[str], cap: int, known: set[int] | None = None) 
     return [to_send[i : i + cap] for i in range(0, len(to_send), cap)], skipped
 
 
+def pacer_from_settings(settings: Settings) -> Pacer:
+    """The indexer's pacer: the configured quota (DASHSCOPE_RPM/TPM) over DASHSCOPE_QUOTA_SHARE."""
+    return Pacer(
+        requests_per_minute=settings.dashscope_rpm,
+        tokens_per_minute=settings.dashscope_tpm,
+        share=settings.dashscope_quota_share,
+    )
+
+
+def retry_after_of(exc: BaseException) -> float | None:
+    """``Retry-After`` of the HTTP answer behind ``exc``: an attribute, or the SDK error it was mapped from."""
+    seen: BaseException | None = exc
+    for _ in range(5):
+        if seen is None:
+            return None
+        direct = getattr(seen, "retry_after", None)
+        if isinstance(direct, int | float):
+            return float(direct)
+        response = getattr(seen, "response", None)
+        headers = getattr(response, "headers", None)
+        if headers is not None:
+            return parse_retry_after(headers.get("retry-after"))
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+def _backoff(attempt: int) -> float:
+    """Full-jitter exponential backoff for transient failures (not throttles: the pacer spaces those)."""
+    return random.uniform(0, min(8.0, 0.25 * 2**attempt))  # noqa: S311 - jitter, not security
+
+
 class Embedder:
     def __init__(
         self,
@@ -91,8 +129,13 @@ class Embedder:
         batch_size: int | None = None,
         concurrency: int = 4,
         cache: EmbeddingCache | None = None,
+        pacer: Pacer | None = None,
+        max_attempts: int = 8,
     ) -> None:
         self.backend = backend
+        self.pacer = pacer
+        self.max_attempts = max(1, max_attempts)
+        self._tokens_per_char = TokensPerChar()
         self.model = model
         self.dimensions = dimensions or model.default_dimensions
         if batch_size and batch_size > model.max_batch:
@@ -121,8 +164,10 @@ class Embedder:
         return content_hash(text, self.model.name, self.dimensions)
 
     def _check(self, texts: Sequence[str]) -> None:
+        # The estimate counts at most one token per character, so only a text longer than the limit
+        # in characters can exceed it: chunks never are, and are not tokenised a second time here.
         limit = self.model.max_tokens_per_text
-        too_long = [i for i, t in enumerate(texts) if estimate_tokens(t) > limit]
+        too_long = [i for i, t in enumerate(texts) if len(t) > limit and estimate_tokens(t) > limit]
         if too_long:
             raise ValueError(f"texts {too_long[:10]} exceed {self.model.name}'s {limit} tokens per text")
 
@@ -172,7 +217,9 @@ class Embedder:
 
         def call(indices: list[int]) -> EmbeddingBatch:
             batch = [texts[i] for i in indices]
-            return self._validated(self.backend.embed_batch(batch, self.model, self.dimensions))
+            if self.pacer is None:
+                return self._validated(self.backend.embed_batch(batch, self.model, self.dimensions))
+            return self._validated(self._paced(batch, self.pacer))
 
         if len(batches) <= 1 or self.concurrency == 1:
             results = [call(b) for b in batches]
@@ -190,7 +237,60 @@ class Embedder:
         async def call(indices: list[int]) -> EmbeddingBatch:
             async with gate:
                 batch = [texts[i] for i in indices]
-                return self._validated(await self.backend.aembed_batch(batch, self.model, self.dimensions))
+                if self.pacer is None:
+                    return self._validated(await self.backend.aembed_batch(batch, self.model, self.dimensions))
+                return self._validated(await self._apaced(batch, self.pacer))
 
         results = list(await asyncio.gather(*(call(b) for b in batches)))
         return self._assemble(texts, cached, batches, results, skipped)
+
+    # --- paced calls ---------------------------------------------------------------------------
+
+    def _reserve(self, batch: list[str], pacer: Pacer) -> tuple[Permit, int]:
+        chars = sum(len(t) for t in batch)
+        cost = self._tokens_per_char.cost(chars, lambda: sum(estimate_tokens(t) for t in batch))
+        return pacer.reserve(cost), chars
+
+    def _settle(self, pacer: Pacer, permit: Permit, chars: int, result: EmbeddingBatch) -> None:
+        tokens = result.usage.prompt_tokens
+        pacer.settle(permit, tokens or None)
+        self._tokens_per_char.learn(chars, tokens)
+
+    def _failed(self, pacer: Pacer, permit: Permit, exc: RagError, attempt: int) -> float:
+        """Seconds to wait before the next attempt, or re-raise: a throttle goes back to the pacer
+        (which cuts the rate and holds for Retry-After); another transient failure backs off."""
+        if attempt >= self.max_attempts or not exc.retryable:
+            raise exc
+        if isinstance(exc, ThrottledError):
+            pacer.on_throttle(permit, throttle_kind(exc.message), retry_after_of(exc))
+            log.info("embedding call throttled (attempt %d); rates now %s", attempt, pacer.rates)
+            return 0.0
+        return _backoff(attempt)
+
+    def _paced(self, batch: list[str], pacer: Pacer) -> EmbeddingBatch:
+        for attempt in range(1, self.max_attempts + 1):
+            permit, chars = self._reserve(batch, pacer)
+            if permit.delay > 0:
+                time.sleep(permit.delay)
+            try:
+                result = self.backend.embed_batch(batch, self.model, self.dimensions)
+            except RagError as exc:
+                time.sleep(self._failed(pacer, permit, exc, attempt))
+                continue
+            self._settle(pacer, permit, chars, result)
+            return result
+        raise AssertionError("unreachable")
+
+    async def _apaced(self, batch: list[str], pacer: Pacer) -> EmbeddingBatch:
+        for attempt in range(1, self.max_attempts + 1):
+            permit, chars = self._reserve(batch, pacer)
+            if permit.delay > 0:
+                await asyncio.sleep(permit.delay)
+            try:
+                result = await self.backend.aembed_batch(batch, self.model, self.dimensions)
+            except RagError as exc:
+                await asyncio.sleep(self._failed(pacer, permit, exc, attempt))
+                continue
+            self._settle(pacer, permit, chars, result)
+            return result
+        raise AssertionError("unreachable")
