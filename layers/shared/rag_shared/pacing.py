@@ -38,6 +38,7 @@ class _Sent:
     at: float
     tokens: float
     outcome: int = 0  # 0 in flight, 1 admitted, 2 refused
+    done: float = float("inf")  # when the answer came back
 
 
 @dataclass
@@ -75,8 +76,8 @@ class Dimension:
         others on the same quota that is about this instance's share, so it lands there at once."""
         if now - self.last_cut < WINDOW_SECONDS:
             return False
-        admitted = sent * admitted_share
-        current = admitted if self.rate is None else min(self.rate, max(admitted, self.rate * 0.5))
+        base = max(sent, 1.0) if self.rate is None else self.rate  # unknown: what was sent teaches it
+        current = min(base, max(base * admitted_share, base * 0.5))  # at most halved per window
         self.rate = max(self.floor, beta * current)
         if not self.increase_per_second:  # learned, not configured: grow by a fraction of it per second
             self.increase_per_second = increase * self.rate
@@ -181,6 +182,7 @@ class Pacer:
             if tokens:
                 permit._entry.tokens = tokens
             permit._entry.outcome = 1
+            permit._entry.done = self.clock()
 
     def on_throttle(self, permit: Permit | None, kind: Kind = "both", retry_after: float | None = None) -> None:
         """A 429: cut the refused dimension's rate and honour ``Retry-After`` for every call."""
@@ -188,17 +190,19 @@ class Pacer:
             now = self.clock()
             self.throttled += 1
             if permit is not None:
-                permit._entry.outcome = 2
-            recent = [e for e in self._log if now - self.window < e.at <= now]
-            done = [e for e in recent if e.outcome]
+                permit._entry.outcome, permit._entry.done = 2, now
+            # the answers of the last window, by when they came back: a send can be late (a cold
+            # client), an answer's time is what the service decided plus a steady latency
+            done = [e for e in self._log if now - self.window < e.done <= now]
+            sent = done + [e for e in self._log if e.outcome == 0 and e.at <= now]  # and those in flight
             ok = [e for e in done if e.outcome == 1]
             if kind in ("requests", "both"):
                 share = len(ok) / len(done) if done else 1.0
-                self.requests.cut(now, len(recent) / WINDOW_SECONDS, share, self.beta, self.increase)
+                self.requests.cut(now, len(sent) / WINDOW_SECONDS, share, self.beta, self.increase)
             if kind in ("tokens", "both"):
                 total = sum(e.tokens for e in done)
                 share = sum(e.tokens for e in ok) / total if total else 1.0
-                self.tokens.cut(now, sum(e.tokens for e in recent) / WINDOW_SECONDS, share, self.beta, self.increase)
+                self.tokens.cut(now, sum(e.tokens for e in sent) / WINDOW_SECONDS, share, self.beta, self.increase)
             if retry_after is not None and retry_after > 0:
                 self.hold_until = max(self.hold_until, now + retry_after)
 
