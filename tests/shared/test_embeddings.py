@@ -172,8 +172,13 @@ def test_paced_embedder_gives_up_after_its_attempts(make_settings, limited):
 def test_check_skips_the_estimator_for_short_texts(embedder, monkeypatch):
     import rag_shared.embeddings as module
 
-    calls = []
-    monkeypatch.setattr(module, "estimate_tokens", lambda t: calls.append(t) or 10**6)
+    calls: list[str] = []
+
+    def counting(text: str) -> int:
+        calls.append(text)
+        return 10**6
+
+    monkeypatch.setattr(module, "estimate_tokens", counting)
     embedder._check(["short"])  # 5 characters cannot be over the limit in tokens
     assert calls == []
     with pytest.raises(ValueError, match="exceed"):
