@@ -249,9 +249,17 @@ class DashScopeStandIn(StandInServer):
                 path = c.path.rsplit("/", 1)[-1]
                 stats.setdefault(path, {}).setdefault(str(c.status), 0)
                 stats[path][str(c.status)] += 1
-            sizes = [c.size for c in self.state.calls if c.path.endswith("/embeddings") and c.status == 200]
+            ok = [c for c in self.state.calls if c.path.endswith("/embeddings") and c.status == 200]
+            sizes = [c.size for c in ok]
+            span = ok[-1].started - ok[0].started if len(ok) > 1 else 0.0  # first to last admitted call
         return req.send_json(
-            200, {"calls": stats, "max_in_flight": self.max_in_flight, "max_batch": max(sizes, default=0)}
+            200,
+            {
+                "calls": stats,
+                "max_in_flight": self.max_in_flight,
+                "max_batch": max(sizes, default=0),
+                "embeddings_span": span,
+            },
         )
 
     # endpoints

@@ -136,6 +136,8 @@ class Embedder:
         self.pacer = pacer
         self.max_attempts = max(1, max_attempts)
         self._tokens_per_char = TokensPerChar()
+        self._warmed = False
+        self._warm_lock = threading.Lock()
         self.model = model
         self.dimensions = dimensions or model.default_dimensions
         if batch_size and batch_size > model.max_batch:
@@ -246,6 +248,18 @@ class Embedder:
 
     # --- paced calls ---------------------------------------------------------------------------
 
+    def _warm(self, name: str) -> None:
+        """Build a lazily created HTTP client before the first slot is taken: built inside the
+        first calls, it would send them late, in a bunch, which the per-second quota refuses."""
+        if self._warmed:
+            return
+        with self._warm_lock:  # every caller waits until it is built
+            if not self._warmed:
+                build = getattr(self.backend, name, None)
+                if callable(build):
+                    build()
+                self._warmed = True
+
     def _reserve(self, batch: list[str], pacer: Pacer) -> tuple[Permit, int]:
         chars = sum(len(t) for t in batch)
         cost = self._tokens_per_char.cost(chars, lambda: sum(estimate_tokens(t) for t in batch))
@@ -268,6 +282,7 @@ class Embedder:
         return _backoff(attempt)
 
     def _paced(self, batch: list[str], pacer: Pacer) -> EmbeddingBatch:
+        self._warm("sync_client")
         for attempt in range(1, self.max_attempts + 1):
             permit, chars = self._reserve(batch, pacer)
             if permit.delay > 0:
@@ -282,6 +297,7 @@ class Embedder:
         raise AssertionError("unreachable")
 
     async def _apaced(self, batch: list[str], pacer: Pacer) -> EmbeddingBatch:
+        self._warm("async_client")
         for attempt in range(1, self.max_attempts + 1):
             permit, chars = self._reserve(batch, pacer)
             if permit.delay > 0:

@@ -61,8 +61,10 @@ class Dimension:
         return cls(quota, start, step, floor, last_grow=now)
 
     def grow(self, now: float, limited: bool) -> None:
-        """Additive increase for the time since the last change, capped at the whole quota; only
-        while the rate held calls back (a rate nobody uses proves nothing, as RFC 7661 says of TCP)."""
+        """Increase for the time since the last change, capped at the whole quota; only while the
+        rate held calls back (a rate nobody uses proves nothing, as RFC 7661 says of TCP). Fast
+        (half the rate per second) until the first 429, additive after it: the share configured
+        may be wrong (more instances than DASHSCOPE_QUOTA_SHARE), so it is no floor to rush back to."""
         if limited and self.rate is not None and self.increase_per_second:
             step = 0.5 * self.rate if self.slow_start else self.increase_per_second
             self.rate += step * max(0.0, now - self.last_grow)
@@ -109,7 +111,7 @@ class Pacer:
         share: float = 1.0,
         beta: float = 0.9,
         increase: float = 0.02,
-        slack: float = 0.02,
+        slack: float = 0.05,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if share < 1:
