@@ -91,6 +91,11 @@ def test_cache_hits_are_not_embedded_again(embedder, dashscope):
     assert [c.size for c in dashscope.calls("/embeddings")] == [1]
     assert again.cached == 2
     assert again.vectors[0] == first.vectors[0]
+    # the hashes it looked the cache up with come back, so the indexer need not hash again
+    assert again.hashes == {
+        i: content_hash(t, embedder.model.name, embedder.dimensions)
+        for i, t in enumerate(["one two", "three four", "five six"])
+    }
 
 
 def test_429_storm_is_survived(embedder, dashscope):

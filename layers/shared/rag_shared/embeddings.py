@@ -62,6 +62,9 @@ class EmbedResult:
     skipped: list[int] = field(default_factory=list)
     usage: Usage = field(default_factory=Usage)
     cached: int = 0
+    # content_hash of each non-empty text by index, when a cache was asked: the indexer stores
+    # them, and need not hash every chunk a second time
+    hashes: dict[int, str] = field(default_factory=dict)
 
     @property
     def calls(self) -> int:
@@ -182,12 +185,14 @@ class Embedder:
                 )
         return batch
 
-    def _from_cache(self, texts: Sequence[str]) -> dict[int, Vector]:
+    def _from_cache(self, texts: Sequence[str]) -> tuple[dict[int, Vector], dict[int, str]]:
+        """Cached vectors by input index, and the content hashes computed to find them."""
         if self.cache is None:
-            return {}
+            return {}, {}
         hashes = {i: self.hash(t) for i, t in enumerate(texts) if t and t.strip()}
         found = self.cache.get_many(sorted(set(hashes.values())))
-        return {i: found[h] for i, h in hashes.items() if h in found and len(found[h]) == self.dimensions}
+        cached = {i: found[h] for i, h in hashes.items() if h in found and len(found[h]) == self.dimensions}
+        return cached, hashes
 
     def _assemble(
         self,
@@ -196,6 +201,7 @@ class Embedder:
         batches: list[list[int]],
         results: list[EmbeddingBatch],
         skipped: list[int],
+        hashes: dict[int, str],
     ) -> EmbedResult:
         by_text: dict[str, Vector] = {}
         usage = Usage()
@@ -207,12 +213,12 @@ class Embedder:
             by_text.setdefault(texts[i], vector)
         skip = set(skipped)
         vectors = [None if i in skip else by_text[t] for i, t in enumerate(texts)]
-        return EmbedResult(vectors, skipped, usage, cached=len(cached))
+        return EmbedResult(vectors, skipped, usage, cached=len(cached), hashes=hashes)
 
     def embed(self, texts: Sequence[str]) -> EmbedResult:
         """Embed with up to ``concurrency`` calls in flight on threads (the indexer's path)."""
         self._check(texts)
-        cached = self._from_cache(texts)
+        cached, hashes = self._from_cache(texts)
         batches, skipped = plan_batches(texts, self.batch_size, set(cached))
         if skipped:
             log.info("skipped %d empty texts at %s", len(skipped), skipped[:20])
@@ -227,12 +233,12 @@ class Embedder:
             results = [call(b) for b in batches]
         else:
             results = list(self._executor().map(call, batches))
-        return self._assemble(texts, cached, batches, results, skipped)
+        return self._assemble(texts, cached, batches, results, skipped, hashes)
 
     async def aembed(self, texts: Sequence[str]) -> EmbedResult:
         """The same on the event loop (the chat app's path)."""
         self._check(texts)
-        cached = self._from_cache(texts)
+        cached, hashes = self._from_cache(texts)
         batches, skipped = plan_batches(texts, self.batch_size, set(cached))
         gate = asyncio.Semaphore(self.concurrency)
 
@@ -244,7 +250,7 @@ class Embedder:
                 return self._validated(await self._apaced(batch, self.pacer))
 
         results = list(await asyncio.gather(*(call(b) for b in batches)))
-        return self._assemble(texts, cached, batches, results, skipped)
+        return self._assemble(texts, cached, batches, results, skipped, hashes)
 
     # --- paced calls ---------------------------------------------------------------------------
 
