@@ -19,6 +19,7 @@ from functools import partial
 from typing import Any
 
 import boto3
+import httpx
 from indexer.events import ObjectEvent
 from indexer.pipeline import Indexer, IndexerConfig
 from rag_shared.config import Settings, load_settings
@@ -48,7 +49,7 @@ class Scenario:
 
 
 SCENARIOS = [
-    Scenario("30 requests/s", 30, None, 1, 1500),
+    Scenario("30 requests/s", 30, None, 1, 1000),
     Scenario("30 requests/s + 20k tokens/s", 30, 20000, 1, 600),
     Scenario("3 indexers sharing 30 requests/s", 30, None, 3, 800),
 ]
@@ -160,6 +161,15 @@ def _calls_ceiling(sc: Scenario, tokens_per_call: float) -> float:
     return sc.rps
 
 
+def _warm_standin(svc: Services, texts: list[str]) -> None:
+    """Have the stand-in compute (and keep) these texts' vectors before any contender is timed."""
+    with httpx.Client(timeout=60, headers={"Authorization": f"Bearer {API_KEY}"}) as http:
+        for i in range(0, len(texts), BATCH):
+            body = {"model": load_settings().embedder.name, "input": texts[i : i + BATCH], "encoding_format": "float"}
+            while http.post(f"{svc.dashscope_url}/embeddings", json=body).status_code == 429:
+                time.sleep(0.2)
+
+
 def _measure(svc: Services, fn: Callable[[], int]) -> dict[str, Any]:
     svc.dashscope_reset()
     t0 = time.perf_counter()
@@ -200,6 +210,7 @@ def run_scenario(sc: Scenario, repeats: int = REPEATS) -> list[str]:
             events.append(ObjectEvent(action="upsert", bucket=bucket, key=key, etag=etag, sequencer="0A"))
         texts = chunks_of(s3, bucket, events[0].key)
         assert len(texts) == sc.chunks, len(texts)
+        _warm_standin(svc, texts)
         ceiling = _ceiling(sc, texts)
         calls_ceiling = ceiling / BATCH
         contenders = _contenders(sc, svc, s3, events)
