@@ -95,7 +95,12 @@ class Services:
 
 @contextlib.contextmanager
 def services(
-    *, latency: float = 0.0, rate_limit: float | None = None, chunk_delay: float = 0.0, reply: str | None = None
+    *,
+    latency: float = 0.0,
+    rate_limit: float | None = None,
+    tokens_limit: float | None = None,
+    chunk_delay: float = 0.0,
+    reply: str | None = None,
 ) -> Iterator[Services]:
     mp, dp, op = free_port(), free_port(), free_port()
     ds_args = [
@@ -112,6 +117,8 @@ def services(
     ]
     if rate_limit:
         ds_args += ["--rate-limit", str(rate_limit)]
+    if tokens_limit:
+        ds_args += ["--tokens-limit", str(tokens_limit)]
     if reply:
         ds_args += ["--reply", reply]
     with (

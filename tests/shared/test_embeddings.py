@@ -3,10 +3,13 @@ import logging
 
 import pytest
 from rag_shared.config import load_catalog
+from rag_shared.dashscope import DashScopeClient
 from rag_shared.embeddings import Embedder, content_hash, plan_batches
 from rag_shared.errors import EmbeddingDimensionError, ThrottledError
+from rag_shared.pacing import Pacer
+from rag_shared.secrets import ApiKeyProvider
 
-from standins.dashscope import DashScopeStandIn, Fault, fake_embedding
+from standins.dashscope import DashScopeStandIn, Fault, Quota, fake_embedding
 
 
 @pytest.fixture
@@ -95,6 +98,11 @@ def test_cache_hits_are_not_embedded_again(embedder, dashscope):
     assert [c.size for c in dashscope.calls("/embeddings")] == [1]
     assert again.cached == 2
     assert again.vectors[0] == first.vectors[0]
+    # the hashes it looked the cache up with come back, so the indexer need not hash again
+    assert again.hashes == {
+        i: content_hash(t, embedder.model.name, embedder.dimensions)
+        for i, t in enumerate(["one two", "three four", "five six"])
+    }
 
 
 def test_429_storm_is_survived(embedder, dashscope):
@@ -113,3 +121,77 @@ def test_throttle_that_outlasts_retries_fails_loudly(make_settings, dashscope):
     dashscope.inject(Fault(status=429, retry_after=0.01), times=10)
     with pytest.raises(ThrottledError):
         e.embed(["a b c"])
+
+
+# --- paced: the embedder retries every 429 itself, through a pacer that learns from it -------------
+
+
+@pytest.fixture
+def limited(dashscope):
+    """The stand-in with a quota for the test's duration (the server is shared by the session)."""
+    saved = dashscope.quota
+    yield dashscope
+    dashscope.quota = saved
+
+
+def _paced(make_settings, pacer: Pacer) -> Embedder:
+    s = make_settings(dashscope_max_retries=0)  # the SDK must not retry 429s out of the pacer's sight
+    return Embedder(DashScopeClient(s, ApiKeyProvider.from_settings(s)), s.embedder, concurrency=8, pacer=pacer)
+
+
+def test_paced_embedder_under_both_limits_retries_every_429(make_settings, limited):
+    limited.quota = Quota(requests_per_second=4, tokens_per_second=2000)
+    pacer = Pacer()  # no configured quota: both limits are learned from the 429s
+    embedder = _paced(make_settings, pacer)
+
+    small = [f"short text {i}" for i in range(200)]  # 8 calls at once against 4 requests/s
+    first = embedder.embed(small)
+    assert pacer.requests.rate is not None and pacer.tokens.rate is None  # RateQuota fired, learned
+
+    words = " ".join(f"w{j}" for j in range(39))
+    big = [f"{words} doc{i}" for i in range(200)]  # 8 calls of 1,000 tokens against 2,000 tokens/s
+    second = embedder.embed(big)
+    assert pacer.tokens.rate is not None  # AllocationQuota fired too, and was learned
+
+    refused = limited.calls("/embeddings", status=429)
+    admitted = limited.calls("/embeddings", status=200)
+    assert refused, "the quota never refused a call: the test proves nothing"
+    assert len(refused) == pacer.throttled  # every 429 reached the pacer and was retried
+    assert len(admitted) == 16  # each batch admitted exactly once
+    for texts, result in ((small, first), (big, second)):
+        assert all(v == pytest.approx(fake_embedding(t, 1536)) for t, v in zip(texts, result.vectors, strict=True))
+
+
+def test_paced_embedder_honours_retry_after(make_settings, limited):
+    limited.inject(Fault(status=429, code="Throttling.RateQuota", retry_after=0.4))
+    pacer = Pacer(requests_per_minute=600)
+    result = _paced(make_settings, pacer).embed(["one two three"])
+    assert result.vectors[0] is not None
+    refused, admitted = limited.calls("/embeddings", status=429), limited.calls("/embeddings", status=200)
+    assert len(refused) == 1 and len(admitted) == 1 and pacer.throttled == 1
+    assert admitted[0].started - refused[0].started >= 0.4
+
+
+def test_paced_embedder_gives_up_after_its_attempts(make_settings, limited):
+    limited.inject(Fault(status=429, code="Throttling.RateQuota"), times=20)
+    s = make_settings(dashscope_max_retries=0)
+    e = Embedder(DashScopeClient(s, ApiKeyProvider.from_settings(s)), s.embedder, pacer=Pacer(), max_attempts=3)
+    with pytest.raises(ThrottledError):
+        e.embed(["a b c"])
+    assert len(limited.calls("/embeddings", status=429)) == 3
+
+
+def test_check_skips_the_estimator_for_short_texts(embedder, monkeypatch):
+    import rag_shared.embeddings as module
+
+    calls: list[str] = []
+
+    def counting(text: str) -> int:
+        calls.append(text)
+        return 10**6
+
+    monkeypatch.setattr(module, "estimate_tokens", counting)
+    embedder._check(["short"])  # 5 characters cannot be over the limit in tokens
+    assert calls == []
+    with pytest.raises(ValueError, match="exceed"):
+        embedder._check(["x" * (embedder.model.max_tokens_per_text + 1)])

@@ -324,6 +324,13 @@ class Settings(BaseSettings):
     secret_max_age_seconds: int = Field(300, ge=0)
     dashscope_timeout_seconds: float = Field(60.0, gt=0)
     dashscope_max_retries: int = Field(5, ge=0, le=20)
+    # The account's quota for the embedding model (Model Studio rate-limits page: per account and
+    # model, also enforced per second as RPM/60 and TPM/60). The indexer paces its calls under both;
+    # unset, the limit is learned from 429s. QUOTA_SHARE: instances sharing it (the event source's
+    # MaximumConcurrency), each starting at quota/share and adapting (rag_shared.pacing).
+    dashscope_rpm: PositiveInt | None = None
+    dashscope_tpm: PositiveInt | None = None
+    dashscope_quota_share: int = Field(1, ge=1, le=1000)
 
     # Models
     chat_model: str | None = None

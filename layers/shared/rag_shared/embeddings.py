@@ -4,6 +4,10 @@ The embedder never sends more texts in one call than the model accepts (25 for
 text-embedding-v1/v2, 10 for v3/v4: shared/REFERENCE.md), keeps input order, never sends an
 empty text, embeds a repeated text once, asks the cache before calling, and runs several calls at
 once (bounded) so a 1,000-chunk file is not 40 round trips in a row.
+
+With a :class:`rag_shared.pacing.Pacer` every call waits for its slot under the account's
+requests/s and tokens/s, and a 429 is retried here, through the pacer, which learns from it; build
+the client with ``max_retries=0`` then, so the SDK does not retry 429s blindly out of its sight.
 """
 
 from __future__ import annotations
@@ -11,15 +15,18 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import random
 import threading
+import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from rag_shared.config import EmbeddingModel
+from rag_shared.config import EmbeddingModel, Settings
 from rag_shared.dashscope import EmbeddingBatch
-from rag_shared.errors import EmbeddingDimensionError
+from rag_shared.errors import EmbeddingDimensionError, RagError, ThrottledError
+from rag_shared.pacing import Pacer, Permit, TokensPerChar, parse_retry_after, throttle_kind
 from rag_shared.tokens import estimate_tokens
 from rag_shared.usage import Usage
 
@@ -55,6 +62,9 @@ class EmbedResult:
     skipped: list[int] = field(default_factory=list)
     usage: Usage = field(default_factory=Usage)
     cached: int = 0
+    # content_hash of each non-empty text by index, when a cache was asked: the indexer stores
+    # them, and need not hash every chunk a second time
+    hashes: dict[int, str] = field(default_factory=dict)
 
     @property
     def calls(self) -> int:
@@ -81,6 +91,37 @@ def plan_batches(texts: Sequence[str], cap: int, known: set[int] | None = None) 
     return [to_send[i : i + cap] for i in range(0, len(to_send), cap)], skipped
 
 
+def pacer_from_settings(settings: Settings) -> Pacer:
+    """The indexer's pacer: the configured quota (DASHSCOPE_RPM/TPM) over DASHSCOPE_QUOTA_SHARE."""
+    return Pacer(
+        requests_per_minute=settings.dashscope_rpm,
+        tokens_per_minute=settings.dashscope_tpm,
+        share=settings.dashscope_quota_share,
+    )
+
+
+def retry_after_of(exc: BaseException) -> float | None:
+    """``Retry-After`` of the HTTP answer behind ``exc``: an attribute, or the SDK error it was mapped from."""
+    seen: BaseException | None = exc
+    for _ in range(5):
+        if seen is None:
+            return None
+        direct = getattr(seen, "retry_after", None)
+        if isinstance(direct, int | float):
+            return float(direct)
+        response = getattr(seen, "response", None)
+        headers = getattr(response, "headers", None)
+        if headers is not None:
+            return parse_retry_after(headers.get("retry-after"))
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+def _backoff(attempt: int) -> float:
+    """Full-jitter exponential backoff for transient failures (not throttles: the pacer spaces those)."""
+    return random.uniform(0, min(8.0, 0.25 * 2**attempt))  # noqa: S311 - jitter, not security
+
+
 class Embedder:
     def __init__(
         self,
@@ -91,8 +132,15 @@ class Embedder:
         batch_size: int | None = None,
         concurrency: int = 4,
         cache: EmbeddingCache | None = None,
+        pacer: Pacer | None = None,
+        max_attempts: int = 8,
     ) -> None:
         self.backend = backend
+        self.pacer = pacer
+        self.max_attempts = max(1, max_attempts)
+        self._tokens_per_char = TokensPerChar()
+        self._warmed = False
+        self._warm_lock = threading.Lock()
         self.model = model
         self.dimensions = dimensions or model.default_dimensions
         if batch_size and batch_size > model.max_batch:
@@ -121,8 +169,10 @@ class Embedder:
         return content_hash(text, self.model.name, self.dimensions)
 
     def _check(self, texts: Sequence[str]) -> None:
+        # The estimate counts at most one token per character, so only a text longer than the limit
+        # in characters can exceed it: chunks never are, and are not tokenised a second time here.
         limit = self.model.max_tokens_per_text
-        too_long = [i for i, t in enumerate(texts) if estimate_tokens(t) > limit]
+        too_long = [i for i, t in enumerate(texts) if len(t) > limit and estimate_tokens(t) > limit]
         if too_long:
             raise ValueError(f"texts {too_long[:10]} exceed {self.model.name}'s {limit} tokens per text")
 
@@ -135,12 +185,14 @@ class Embedder:
                 )
         return batch
 
-    def _from_cache(self, texts: Sequence[str]) -> dict[int, Vector]:
+    def _from_cache(self, texts: Sequence[str]) -> tuple[dict[int, Vector], dict[int, str]]:
+        """Cached vectors by input index, and the content hashes computed to find them."""
         if self.cache is None:
-            return {}
+            return {}, {}
         hashes = {i: self.hash(t) for i, t in enumerate(texts) if t and t.strip()}
         found = self.cache.get_many(sorted(set(hashes.values())))
-        return {i: found[h] for i, h in hashes.items() if h in found and len(found[h]) == self.dimensions}
+        cached = {i: found[h] for i, h in hashes.items() if h in found and len(found[h]) == self.dimensions}
+        return cached, hashes
 
     def _assemble(
         self,
@@ -149,6 +201,7 @@ class Embedder:
         batches: list[list[int]],
         results: list[EmbeddingBatch],
         skipped: list[int],
+        hashes: dict[int, str],
     ) -> EmbedResult:
         by_text: dict[str, Vector] = {}
         usage = Usage()
@@ -160,37 +213,106 @@ class Embedder:
             by_text.setdefault(texts[i], vector)
         skip = set(skipped)
         vectors = [None if i in skip else by_text[t] for i, t in enumerate(texts)]
-        return EmbedResult(vectors, skipped, usage, cached=len(cached))
+        return EmbedResult(vectors, skipped, usage, cached=len(cached), hashes=hashes)
 
     def embed(self, texts: Sequence[str]) -> EmbedResult:
         """Embed with up to ``concurrency`` calls in flight on threads (the indexer's path)."""
         self._check(texts)
-        cached = self._from_cache(texts)
+        cached, hashes = self._from_cache(texts)
         batches, skipped = plan_batches(texts, self.batch_size, set(cached))
         if skipped:
             log.info("skipped %d empty texts at %s", len(skipped), skipped[:20])
 
         def call(indices: list[int]) -> EmbeddingBatch:
             batch = [texts[i] for i in indices]
-            return self._validated(self.backend.embed_batch(batch, self.model, self.dimensions))
+            if self.pacer is None:
+                return self._validated(self.backend.embed_batch(batch, self.model, self.dimensions))
+            return self._validated(self._paced(batch, self.pacer))
 
         if len(batches) <= 1 or self.concurrency == 1:
             results = [call(b) for b in batches]
         else:
             results = list(self._executor().map(call, batches))
-        return self._assemble(texts, cached, batches, results, skipped)
+        return self._assemble(texts, cached, batches, results, skipped, hashes)
 
     async def aembed(self, texts: Sequence[str]) -> EmbedResult:
         """The same on the event loop (the chat app's path)."""
         self._check(texts)
-        cached = self._from_cache(texts)
+        cached, hashes = self._from_cache(texts)
         batches, skipped = plan_batches(texts, self.batch_size, set(cached))
         gate = asyncio.Semaphore(self.concurrency)
 
         async def call(indices: list[int]) -> EmbeddingBatch:
             async with gate:
                 batch = [texts[i] for i in indices]
-                return self._validated(await self.backend.aembed_batch(batch, self.model, self.dimensions))
+                if self.pacer is None:
+                    return self._validated(await self.backend.aembed_batch(batch, self.model, self.dimensions))
+                return self._validated(await self._apaced(batch, self.pacer))
 
         results = list(await asyncio.gather(*(call(b) for b in batches)))
-        return self._assemble(texts, cached, batches, results, skipped)
+        return self._assemble(texts, cached, batches, results, skipped, hashes)
+
+    # --- paced calls ---------------------------------------------------------------------------
+
+    def _warm(self, name: str) -> None:
+        """Build a lazily created HTTP client before the first slot is taken: built inside the
+        first calls, it would send them late, in a bunch, which the per-second quota refuses."""
+        if self._warmed:
+            return
+        with self._warm_lock:  # every caller waits until it is built
+            if not self._warmed:
+                build = getattr(self.backend, name, None)
+                if callable(build):
+                    build()
+                self._warmed = True
+
+    def _reserve(self, batch: list[str], pacer: Pacer) -> tuple[Permit, int]:
+        chars = sum(len(t) for t in batch)
+        cost = self._tokens_per_char.cost(chars, lambda: sum(estimate_tokens(t) for t in batch))
+        return pacer.reserve(cost), chars
+
+    def _settle(self, pacer: Pacer, permit: Permit, chars: int, result: EmbeddingBatch) -> None:
+        tokens = result.usage.prompt_tokens
+        pacer.settle(permit, tokens or None)
+        self._tokens_per_char.learn(chars, tokens)
+
+    def _failed(self, pacer: Pacer, permit: Permit, exc: RagError, attempt: int) -> float:
+        """Seconds to wait before the next attempt, or re-raise: a throttle goes back to the pacer
+        (which cuts the rate and holds for Retry-After); another transient failure backs off."""
+        if attempt >= self.max_attempts or not exc.retryable:
+            raise exc
+        if isinstance(exc, ThrottledError):
+            pacer.on_throttle(permit, throttle_kind(exc.message), retry_after_of(exc))
+            log.info("embedding call throttled (attempt %d); rates now %s", attempt, pacer.rates)
+            return 0.0
+        return _backoff(attempt)
+
+    def _paced(self, batch: list[str], pacer: Pacer) -> EmbeddingBatch:
+        self._warm("sync_client")
+        for attempt in range(1, self.max_attempts + 1):
+            permit, chars = self._reserve(batch, pacer)
+            if permit.delay > 0:
+                time.sleep(permit.delay)
+            try:
+                result = self.backend.embed_batch(batch, self.model, self.dimensions)
+            except RagError as exc:
+                time.sleep(self._failed(pacer, permit, exc, attempt))
+                continue
+            self._settle(pacer, permit, chars, result)
+            return result
+        raise AssertionError("unreachable")
+
+    async def _apaced(self, batch: list[str], pacer: Pacer) -> EmbeddingBatch:
+        self._warm("async_client")
+        for attempt in range(1, self.max_attempts + 1):
+            permit, chars = self._reserve(batch, pacer)
+            if permit.delay > 0:
+                await asyncio.sleep(permit.delay)
+            try:
+                result = await self.backend.aembed_batch(batch, self.model, self.dimensions)
+            except RagError as exc:
+                await asyncio.sleep(self._failed(pacer, permit, exc, attempt))
+                continue
+            self._settle(pacer, permit, chars, result)
+            return result
+        raise AssertionError("unreachable")

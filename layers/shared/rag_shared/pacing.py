@@ -1,0 +1,254 @@
+"""Pacing DashScope calls at the account's ceiling, on requests/s and tokens/s at once.
+
+DashScope limits each account and model to requests per minute (RPM) and tokens per minute (TPM),
+both also enforced per second as RPM/60 and TPM/60, so a burst inside one second is refused even
+under the minute quota (Model Studio "Rate limits" page, docs.qwencloud.com/developer-guides/
+administration/rate-limits; shared/REFERENCE.md). A refusal is HTTP 429 ``Throttling.RateQuota``
+(requests) or ``Throttling.AllocationQuota`` (tokens).
+
+:class:`Pacer` schedules each call at the earliest time that keeps both the requests and the
+tokens sent in any window of one second under the allowed rate. The allowed rate of each dimension
+is adaptive (AIMD): it starts at the configured quota divided by the number of instances that share
+it, grows additively while calls succeed (up to the whole quota, when the others are idle), and is
+cut multiplicatively, once per window, on a 429 of that dimension; a ``Retry-After`` holds every
+call until it has passed. Without a configured quota the first 429 teaches it: the rate then
+becomes a fraction of what was actually sent in the last second. Instances sharing one quota thus
+converge to fair shares, as TCP flows do, instead of fighting.
+
+Everything here is pure and takes the time from an injected clock; callers sleep the delay they
+are given (``time.sleep`` on threads, ``asyncio.sleep`` on the event loop).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Literal
+
+Kind = Literal["requests", "tokens", "both"]
+
+WINDOW_SECONDS = 1.0  # DashScope enforces RPM/60 and TPM/60 per second (rate-limits page)
+
+
+@dataclass
+class _Sent:
+    at: float
+    tokens: float
+    outcome: int = 0  # 0 in flight, 1 admitted, 2 refused
+    done: float = float("inf")  # when the answer came back
+
+
+@dataclass
+class Dimension:
+    """One limited quantity (requests or tokens) per second: its quota and the rate allowed now."""
+
+    quota: float | None  # the account's whole quota per second; None: unknown, learned from 429s
+    rate: float | None  # allowed now; None: not limited until a 429 teaches a rate
+    increase_per_second: float  # additive increase while nothing is refused
+    floor: float
+    last_cut: float = float("-inf")
+    last_grow: float = 0.0
+    slow_start: bool = True  # until the first 429: grow by half the rate per second, not a step
+
+    @classmethod
+    def make(cls, quota: float | None, share: float, now: float, increase: float) -> Dimension:
+        start = quota / share if quota else None
+        step = increase * start if start else 0.0
+        floor = start * 0.05 if start else 0.0
+        return cls(quota, start, step, floor, last_grow=now)
+
+    def grow(self, now: float, limited: bool) -> None:
+        """Increase for the time since the last change, capped at the whole quota; only while the
+        rate held calls back (a rate nobody uses proves nothing, as RFC 7661 says of TCP). Fast
+        (half the rate per second) until the first 429, additive after it: the share configured
+        may be wrong (more instances than DASHSCOPE_QUOTA_SHARE), so it is no floor to rush back to."""
+        if limited and self.rate is not None and self.increase_per_second:
+            step = 0.5 * self.rate if self.slow_start else self.increase_per_second
+            self.rate += step * max(0.0, now - self.last_grow)
+            if self.quota is not None:
+                self.rate = min(self.rate, self.quota)
+        self.last_grow = now
+
+    def cut(self, now: float, sent: float, admitted_share: float, beta: float, increase: float) -> bool:
+        """Multiplicative decrease, at most once per window (the 429s of one overshoot arrive
+        together), to what the service actually admitted of what was sent in the last window: with
+        others on the same quota that is about this instance's share, so it lands there at once."""
+        if now - self.last_cut < WINDOW_SECONDS:
+            return False
+        base = max(sent, 1.0) if self.rate is None else self.rate  # unknown: what was sent teaches it
+        current = min(base, max(base * admitted_share, base * 0.5))  # at most halved per window
+        self.rate = max(self.floor, beta * current)
+        if not self.increase_per_second:  # learned, not configured: grow by a fraction of it per second
+            self.increase_per_second = increase * self.rate
+            self.floor = 0.05 * self.rate
+        self.last_cut = now
+        self.last_grow = now
+        self.slow_start = False
+        return True
+
+
+@dataclass
+class Permit:
+    """A reserved slot: sleep ``delay`` seconds, then send. ``settle`` with the tokens billed."""
+
+    at: float
+    delay: float
+    tokens: float
+    _entry: _Sent = field(repr=False)
+
+
+class Pacer:
+    """Schedules calls under requests/s and tokens/s limits that adapt to 429s. Thread-safe."""
+
+    def __init__(
+        self,
+        *,
+        requests_per_minute: float | None = None,
+        tokens_per_minute: float | None = None,
+        share: float = 1.0,
+        beta: float = 0.9,
+        increase: float = 0.02,
+        slack: float = 0.05,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if share < 1:
+            raise ValueError("share must be at least 1 (the number of instances sharing the quota)")
+        self.clock = clock
+        now = clock()
+        rpm, tpm = requests_per_minute, tokens_per_minute
+        self.requests = Dimension.make(rpm / 60 if rpm else None, share, now, increase)
+        self.tokens = Dimension.make(tpm / 60 if tpm else None, share, now, increase)
+        self.beta = beta
+        self.increase = increase
+        # the window the log keeps is a little longer than the service's, so that arrival jitter
+        # cannot put two calls we spaced a second apart into one of its windows
+        self.window = WINDOW_SECONDS + slack
+        self.hold_until = float("-inf")
+        self.throttled = 0
+        self._log: deque[_Sent] = deque()
+        self._next_request = float("-inf")  # even spacing: no burst for burst protection to refuse
+        self._next_tokens = float("-inf")
+        self._limited = False
+        self._lock = threading.Lock()
+
+    # --- scheduling (pure given the clock) -----------------------------------------------------
+
+    def _prune(self, now: float) -> None:
+        while self._log and self._log[0].at <= now - self.window - WINDOW_SECONDS:
+            self._log.popleft()
+
+    def _fits_from(self, start: float, tokens: float) -> float:
+        """Earliest time >= start at which the sliding windows hold one more call of ``tokens``."""
+        req_rate, tok_rate = self.requests.rate, self.tokens.rate
+        if req_rate is None and tok_rate is None:
+            return start
+        log = list(self._log)  # in time order: every slot is at or after the one before
+        at, first = start, 0
+        while first < len(log) and at - log[first].at >= self.window:
+            first += 1
+        while first < len(log):
+            n = len(log) - first
+            over_req = req_rate is not None and n + 1 > max(req_rate * WINDOW_SECONDS, 1.0)
+            # a call bigger than a whole window's tokens goes alone, into an empty window
+            over_tok = tok_rate is not None and sum(e.tokens for e in log[first:]) + tokens > tok_rate * WINDOW_SECONDS
+            if not (over_req or over_tok):
+                break
+            at = max(at, log[first].at + self.window)  # wait for the oldest call in the window to leave it
+            first += 1
+        return at
+
+    def reserve(self, tokens: float) -> Permit:
+        """The earliest slot for a call of ``tokens`` (an estimate; settle the real count later)."""
+        with self._lock:
+            now = self.clock()
+            self._prune(now)
+            self.requests.grow(now, self._limited)
+            self.tokens.grow(now, self._limited)
+            start = max(now, self.hold_until, self._next_request, self._next_tokens)
+            at = self._fits_from(start, tokens)
+            if self.requests.rate:
+                self._next_request = at + 1.0 / self.requests.rate
+            if self.tokens.rate:
+                self._next_tokens = at + tokens / self.tokens.rate
+            self._limited = at > max(now, self.hold_until)
+            entry = _Sent(at, tokens)
+            self._log.append(entry)
+            return Permit(at, at - now, tokens, entry)
+
+    def settle(self, permit: Permit, tokens: float | None = None) -> None:
+        """An admitted call; its estimate replaced by the tokens billed, so the window holds the truth."""
+        with self._lock:
+            if tokens:
+                permit._entry.tokens = tokens
+            permit._entry.outcome = 1
+            permit._entry.done = self.clock()
+
+    def on_throttle(self, permit: Permit | None, kind: Kind = "both", retry_after: float | None = None) -> None:
+        """A 429: cut the refused dimension's rate and honour ``Retry-After`` for every call."""
+        with self._lock:
+            now = self.clock()
+            self.throttled += 1
+            if permit is not None:
+                permit._entry.outcome, permit._entry.done = 2, now
+            # the answers of the last window, by when they came back: a send can be late (a cold
+            # client), an answer's time is what the service decided plus a steady latency
+            done = [e for e in self._log if now - self.window < e.done <= now]
+            sent = done + [e for e in self._log if e.outcome == 0 and e.at <= now]  # and those in flight
+            ok = [e for e in done if e.outcome == 1]
+            if kind in ("requests", "both"):
+                share = len(ok) / len(done) if done else 1.0
+                self.requests.cut(now, len(sent) / WINDOW_SECONDS, share, self.beta, self.increase)
+            if kind in ("tokens", "both"):
+                total = sum(e.tokens for e in done)
+                share = sum(e.tokens for e in ok) / total if total else 1.0
+                self.tokens.cut(now, sum(e.tokens for e in sent) / WINDOW_SECONDS, share, self.beta, self.increase)
+            if retry_after is not None and retry_after > 0:
+                self.hold_until = max(self.hold_until, now + retry_after)
+
+    @property
+    def rates(self) -> tuple[float | None, float | None]:
+        """(requests/s, tokens/s) allowed now."""
+        return self.requests.rate, self.tokens.rate
+
+
+def throttle_kind(code_or_message: str) -> Kind:
+    """Which limit a 429 names: ``Throttling.RateQuota`` requests, ``Throttling.AllocationQuota`` tokens."""
+    text = code_or_message.lower()
+    if "allocationquota" in text or "token" in text:
+        return "tokens"
+    if "ratequota" in text:
+        return "requests"
+    return "both"  # burst protection ("Request rate increased too quickly") or unknown
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """Seconds from a ``Retry-After`` header (delta-seconds form), or None."""
+    if not value:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        return None  # an HTTP date: not sent by DashScope; fall back to the rate cut
+    return min(seconds, 60.0) if seconds > 0 else None
+
+
+class TokensPerChar:
+    """Tokens per character, learned from what the service bills, so a call's token cost is one
+    multiplication instead of running the token estimator over every text again."""
+
+    def __init__(self, initial: float | None = None) -> None:
+        self.ratio = initial
+
+    def cost(self, chars: int, exact: Callable[[], int]) -> float:
+        if self.ratio is None:
+            return float(exact())
+        return chars * self.ratio
+
+    def learn(self, chars: int, tokens: int) -> None:
+        if chars <= 0 or tokens <= 0:
+            return
+        observed = tokens / chars
+        self.ratio = observed if self.ratio is None else 0.8 * self.ratio + 0.2 * observed

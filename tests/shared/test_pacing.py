@@ -1,0 +1,171 @@
+"""The pacer against a simulated DashScope quota, on a fake clock: it reaches the binding ceiling,
+learns an unknown one from 429s, honours Retry-After, and instances sharing a quota converge."""
+
+from __future__ import annotations
+
+import heapq
+from dataclasses import dataclass, field
+
+import pytest
+from rag_shared.pacing import Pacer, Permit, TokensPerChar, parse_retry_after, throttle_kind
+
+from standins.dashscope import Quota
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.t = 0.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+@dataclass
+class Client:
+    """One indexer: a pacer and ``workers`` calls in flight, each ``latency`` long."""
+
+    pacer: Pacer
+    workers: int = 8
+    start: float = 0.0
+    tokens: int = 100
+    ok: list[float] = field(default_factory=list)  # when each admitted call was sent
+    refused: int = 0
+
+
+def simulate(clock: FakeClock, quota: Quota, clients: list[Client], seconds: float, latency: float = 0.2) -> None:
+    """Discrete-event run: each worker reserves a slot, sends at it, and on success (or a quick 429)
+    reserves again; the stand-in's quota decides on arrival, as the service does."""
+    events: list[tuple[float, int, int, str]] = []
+    seq = 0
+    for ci, c in enumerate(clients):
+        for _ in range(c.workers):
+            heapq.heappush(events, (c.start, seq, ci, "reserve"))
+            seq += 1
+    pending: dict[int, Permit] = {}
+    while events:
+        t, n, ci, what = heapq.heappop(events)
+        if t > seconds:
+            break
+        clock.t = t
+        c = clients[ci]
+        if what == "reserve":
+            permit = c.pacer.reserve(c.tokens)
+            pending[n] = permit
+            heapq.heappush(events, (permit.at, n, ci, "send"))
+            continue
+        permit = pending.pop(n)
+        refused = quota.admit("m", c.tokens, now=t)
+        if refused is None:
+            c.ok.append(t)
+            c.pacer.settle(permit, c.tokens)
+            heapq.heappush(events, (t + latency, n, ci, "reserve"))
+        else:
+            c.refused += 1
+            clock.t = t + 0.01  # a 429 comes back at once: the stand-in checks before its latency
+            c.pacer.on_throttle(
+                permit, throttle_kind(refused.code), parse_retry_after(refused.headers.get("Retry-After"))
+            )
+            heapq.heappush(events, (t + 0.01, n, ci, "reserve"))
+
+
+def rate(c: Client, since: float, until: float) -> float:
+    return sum(1 for t in c.ok if since <= t < until) / (until - since)
+
+
+def test_configured_quota_runs_at_the_ceiling_with_few_429s():
+    clock = FakeClock()
+    c = Client(Pacer(requests_per_minute=30 * 60, clock=clock))
+    simulate(clock, Quota(30, None), [c], seconds=30)
+    assert rate(c, 0, 30) >= 0.9 * 30
+    assert c.refused <= 0.02 * len(c.ok)
+
+
+def test_unknown_quota_is_learned_from_429s():
+    clock = FakeClock()
+    c = Client(Pacer(clock=clock), workers=16)  # 16 in flight at 0.2 s could send 80/s: the ceiling binds
+    simulate(clock, Quota(30, None), [c], seconds=60)
+    assert c.refused >= 1  # it had to find the ceiling
+    learned = c.pacer.requests.rate
+    assert learned is not None and 0.7 * 30 <= learned <= 1.2 * 30  # AIMD's sawtooth around the ceiling
+    assert rate(c, 10, 60) >= 0.9 * 30
+    assert c.refused <= 0.03 * len(c.ok)
+
+
+def test_tokens_per_second_binds_when_it_is_the_tighter_limit():
+    clock = FakeClock()
+    c = Client(Pacer(requests_per_minute=30 * 60, tokens_per_minute=2000 * 60, clock=clock), tokens=300)
+    simulate(clock, Quota(30, 2000), [c], seconds=30)
+    ceiling = 2000 // 300  # 6 calls of 300 tokens fit in any second: well under 30 requests/s
+    assert 0.9 * ceiling <= rate(c, 0, 30) <= ceiling * 1.01
+    assert c.refused <= 0.03 * len(c.ok)
+
+
+def test_unknown_token_limit_is_learned_from_allocation_quota_429s():
+    clock = FakeClock()
+    c = Client(Pacer(requests_per_minute=30 * 60, clock=clock), tokens=300)
+    simulate(clock, Quota(30, 2000), [c], seconds=60)
+    assert c.refused >= 1
+    learned = c.pacer.tokens.rate
+    assert learned is not None and 0.7 * 2000 <= learned <= 1.2 * 2000
+    assert rate(c, 10, 60) >= 0.9 * (2000 // 300)
+
+
+def test_429_cuts_the_refused_dimension_and_retry_after_holds_every_call():
+    clock = FakeClock()
+    p = Pacer(requests_per_minute=600, tokens_per_minute=60000, clock=clock)
+    first = p.reserve(10)
+    assert first.delay == 0
+    p.on_throttle(first, "requests", retry_after=2.5)
+    cut = p.requests.rate
+    assert cut is not None and 0.45 * 10 <= cut < 10  # its only call was refused: at most halved
+    assert p.tokens.rate == pytest.approx(1000)  # the token limit was not the one refused
+    assert p.reserve(10).delay >= 2.5
+    clock.t = 0.5
+    p.on_throttle(None, "requests")  # the same overshoot's other 429s do not cut again
+    assert p.requests.rate == cut
+    clock.t = 2.0
+    p.on_throttle(None, "tokens")
+    tokens = p.tokens.rate
+    assert tokens is not None and tokens < 1000
+
+
+def test_two_instances_sharing_one_quota_converge_to_fair_shares():
+    clock = FakeClock()
+    quota = Quota(30, None)
+    # both configured with the whole quota over a share of 2; the second starts 15 s later and
+    # the first has grown to the whole quota by then
+    a = Client(Pacer(requests_per_minute=1800, share=2, clock=clock))
+    b = Client(Pacer(requests_per_minute=1800, share=2, clock=clock), start=15)
+    simulate(clock, quota, [a, b], seconds=90)
+    assert rate(a, 0, 1) < 0.7 * 30  # it starts at its share (and grows fast until a 429)
+    assert rate(a, 11, 15) >= 0.9 * 30  # alone, it grew to the whole quota
+    ra, rb = rate(a, 40, 90), rate(b, 40, 90)
+    assert ra + rb >= 0.9 * 30
+    assert 0.2 <= ra / (ra + rb) <= 0.8  # AIMD evens shares out slowly; neither starves
+    assert a.refused + b.refused <= 0.03 * (len(a.ok) + len(b.ok))
+
+
+def test_three_instances_that_each_think_they_own_the_quota_still_converge():
+    clock = FakeClock()
+    clients = [Client(Pacer(requests_per_minute=1800, clock=clock), workers=8, start=i * 0.3) for i in range(3)]
+    simulate(clock, Quota(30, None), clients, seconds=90)
+    rates = [rate(c, 30, 90) for c in clients]
+    assert sum(rates) >= 0.9 * 30
+    assert min(rates) >= 0.2 * sum(rates)
+    assert sum(c.refused for c in clients) <= 0.06 * sum(len(c.ok) for c in clients)
+
+
+def test_tokens_per_char_learns_from_billed_tokens():
+    est = TokensPerChar()
+    assert est.cost(100, lambda: 30) == 30  # no ratio yet: the estimator
+    est.learn(100, 25)
+    assert est.cost(200, lambda: 999) == pytest.approx(50)
+
+
+def test_throttle_kind_and_retry_after_parsing():
+    assert throttle_kind("Throttling.RateQuota: Requests rate limit exceeded") == "requests"
+    assert throttle_kind("Throttling.AllocationQuota: You exceeded your current quota") == "tokens"
+    assert throttle_kind("Throttling: Request rate increased too quickly") == "both"
+    assert parse_retry_after("1.5") == 1.5
+    assert parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT") is None
+    assert parse_retry_after("3600") == 60.0
