@@ -187,6 +187,8 @@ def parse_notification(payload: dict[str, Any] | str, *, depth: int = 0) -> list
             payload = json.loads(payload)
         except json.JSONDecodeError as exc:
             raise BadEvent(f"message body is not JSON ({exc.msg})") from None
+        except RecursionError:  # json.loads on "[[[[…" nested past the interpreter's limit
+            raise BadEvent("message body is JSON nested too deeply") from None
     if not isinstance(payload, dict):
         raise BadEvent("message body is not a JSON object")
     if payload.get("Event") == "s3:TestEvent":

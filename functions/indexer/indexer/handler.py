@@ -33,11 +33,12 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 from rag_shared.commits import CommitStore
 from rag_shared.config import Settings, load_settings
 from rag_shared.dashscope import DashScopeClient
-from rag_shared.embeddings import Embedder
+from rag_shared.embeddings import Embedder, pacer_from_settings
 from rag_shared.secrets import ApiKeyProvider
 from rag_shared.store import VectorStore
 
 from indexer.events import BadEvent, ObjectEvent, continuation_message, parse_notification, sweep_message
+from indexer.extract import Limits
 from indexer.pipeline import Indexer, IndexerConfig, Outcome, OutOfTime
 
 logger = Logger(service="indexer")
@@ -53,18 +54,28 @@ _source_queue: ContextVar[str | None] = ContextVar("source_queue", default=None)
 def build_indexer(settings: Settings | None = None, *, s3: Any = None) -> Indexer:
     """Wire the indexer from settings (the environment by default)."""
     settings = settings or load_settings()
-    client = DashScopeClient(settings, ApiKeyProvider.from_settings(settings))
+    # max_retries=0: a 429 retried inside the SDK would be invisible to the pacer, which must see
+    # every throttle to find the quota; the embedder retries (paced, with backoff) instead.
+    client = DashScopeClient(settings, ApiKeyProvider.from_settings(settings), max_retries=0)
     embedder = Embedder(
         client,
         settings.embedder,
         settings.dimensions,
         batch_size=settings.embedding_batch_size,
         concurrency=settings.embedding_concurrency,
+        pacer=pacer_from_settings(settings),
+        max_attempts=settings.dashscope_max_retries + 1,
     )
     config = IndexerConfig(
         chunk_size=settings.chunk_size_tokens,
         chunk_overlap=settings.chunk_overlap_tokens,
         max_file_bytes=settings.max_file_bytes,
+        limits=Limits(
+            max_chars=settings.max_extracted_chars,
+            max_pdf_pages=settings.max_pdf_pages,
+            max_pdf_stream_bytes=settings.max_pdf_stream_bytes,
+            max_pdf_content_bytes=settings.max_pdf_content_bytes,
+        ),
     )
     store = VectorStore.from_settings(settings, commits=CommitStore.from_settings(settings))
     return Indexer(

@@ -35,7 +35,7 @@ from rag_shared.store import ChunkDoc, VectorStore
 from rag_shared.usage import Usage
 
 from indexer.events import ObjectEvent, normalize_sequencer
-from indexer.extract import Unindexable, extract
+from indexer.extract import DEFAULT_LIMITS, Limits, Unindexable, extract
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +65,7 @@ class IndexerConfig:
     # chunks embedded together: bounds memory (a 1536-d vector is ~50 kB as Python floats; two
     # windows are alive at once) while giving the embedder 16 calls of 25 to run concurrently.
     window: int = 400
+    limits: Limits = DEFAULT_LIMITS  # bounds on extracted text (hostile files), from Settings
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -201,7 +202,7 @@ class Indexer:
             if size > self.config.max_file_bytes:
                 raise Unindexable(f"file is {size} bytes, over the {self.config.max_file_bytes}-byte limit")
             data: bytes = obj["Body"].read()
-            extracted = extract(key, data, obj.get("ContentType"))
+            extracted = extract(key, data, obj.get("ContentType"), limits=self.config.limits)
             del data
         except Unindexable as exc:
             obj["Body"].close()
@@ -321,14 +322,14 @@ class Indexer:
                 start=c.start,
                 end=c.end,
                 heading=c.heading,
-                content_hash=self.embedder.hash(c.text),
+                content_hash=result.hashes.get(i) or self.embedder.hash(c.text),
                 embedding_model=self.embedder.model.name,
                 source_seq=seq,
                 etag=event.etag,
                 version_id=event.version_id,
                 vector=vector,
             )
-            for c, vector in zip(window, result.vectors, strict=True)
+            for i, (c, vector) in enumerate(zip(window, result.vectors, strict=True))
             if vector is not None
         ]
         return docs, result, len(window)
