@@ -87,7 +87,10 @@ def data_policy(reader: str, writer: str) -> list[dict[str, Any]]:
     assert params["ReaderPrincipalArns"] == {"Fn::GetAtt": ["ChatRole", "Arn"]}
     assert params["WriterPrincipalArns"] == {"Fn::GetAtt": ["IndexerRole", "Arn"]}
     refs = {"CollectionName": "rag-abc", "ReaderPrincipalArns": [reader], "WriterPrincipalArns": [writer]}
-    return json.loads(evaluate(NESTED["Resources"]["DataAccessPolicy"]["Properties"]["Policy"], refs))
+    policy: list[dict[str, Any]] = json.loads(
+        evaluate(NESTED["Resources"]["DataAccessPolicy"]["Properties"]["Policy"], refs)
+    )
+    return policy
 
 
 def permissions_of(policy: list[dict[str, Any]], principal: str) -> set[str]:
