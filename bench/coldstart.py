@@ -39,17 +39,24 @@ DEFERRED = "import openai"  # paid on the first DashScope call, not at start
 IMPORT_TARGET = 0.4  # issue 14: <= 400 ms each
 # what the python3.12 Lambda runtime itself provides (neither the layer nor a function ships it)
 RUNTIME_PACKAGES = ("boto3", "botocore", "s3transfer", "jmespath", "dateutil", "six", "urllib3")
-BUILD_DIR = ROOT / ".aws-sam" / f"bench-{HOST_ARCH}"
 
 
-def build(arch: str, build_dir: Path) -> Path:
-    """`make build ARCH=arch BUILD_DIR=build_dir`, step by step: sam build, then the bytecode."""
+def build(arch: str, build_dir: Path | None = None) -> Path:
+    """`make build ARCH=arch` in a workspace of its own (.aws-sam/<arch>/): sam build, then the bytecode.
+
+    SAM keeps its cache index (build.toml) next to the build folder and its dependency cache in
+    ./.aws-sam/deps of the working directory, and deletes what the current build does not use: builds
+    for two architectures sharing them would evict each other's cache on every run."""
+    workspace = ROOT / ".aws-sam" / arch
+    build_dir = build_dir or workspace / "build"
+    workspace.mkdir(parents=True, exist_ok=True)
     bin_dir = Path(sys.executable).parent
     env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}", "SAM_CLI_TELEMETRY": "0"}
     shutil.rmtree(build_dir, ignore_errors=True)
-    sam = [str(bin_dir / "sam"), "build", "--cached", "--cache-dir", str(ROOT / ".aws-sam" / f"cache-{arch}")]
-    sam += ["--build-dir", str(build_dir), "--parameter-overrides", f"Architecture={arch}"]
-    subprocess.run(sam, cwd=ROOT, env=env, check=True, capture_output=True)
+    sam = [str(bin_dir / "sam"), "build", "--template-file", str(ROOT / "template.yaml"), "--base-dir", str(ROOT)]
+    sam += ["--cached", "--cache-dir", str(workspace / "cache"), "--build-dir", str(build_dir)]
+    sam += ["--parameter-overrides", f"Architecture={arch}"]
+    subprocess.run(sam, cwd=workspace, env=env, check=True, capture_output=True)
     subprocess.run([sys.executable, "infra/bytecode.py", str(build_dir)], cwd=ROOT, env=env, check=True)
     return build_dir
 
@@ -193,7 +200,7 @@ def probe(deployment: Deployment, function: str, code: str) -> Probe:
 
 
 def run(repeats: int = 5) -> list[str]:
-    build_dir = build(HOST_ARCH, BUILD_DIR)
+    build_dir = build(HOST_ARCH)
     rows = []
     with deployed(build_dir) as shipped, deployed(build_dir, bytecode=False) as bare:
         for function, code in ENTRIES.items():

@@ -3,8 +3,8 @@ layer and the functions is built for the stack's Architecture (ELF e_machine), e
 the runtime's bytecode, the chat function re-ships nothing the layer has, and on this machine's
 architecture both functions start from a read-only layer without compiling anything.
 
-Each architecture is built once per session (module-scoped fixture) with one SAM cache per
-architecture under .aws-sam/, so the arm64 build reuses `make build`'s cache and a rerun is quick."""
+Each architecture is built once per session (module-scoped fixture), in a SAM workspace of its own
+(.aws-sam/<arch>/: build folder, cache index and dependency cache), so a rerun is quick."""
 
 from __future__ import annotations
 
@@ -26,9 +26,9 @@ BUILD_TIMEOUT = pytest.mark.timeout(900)
 
 
 @pytest.fixture(scope="module", params=["arm64", "x86_64"])
-def built(request, tmp_path_factory) -> tuple[str, Path]:
+def built(request) -> tuple[str, Path]:
     arch = request.param
-    return arch, build(arch, tmp_path_factory.mktemp(f"build-{arch}"))
+    return arch, build(arch)  # into .aws-sam/<arch>/build, with that architecture's own SAM cache
 
 
 def native_libraries(root: Path) -> list[Path]:
