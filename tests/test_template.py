@@ -19,24 +19,40 @@ def load(path: str) -> Any:
     return template
 
 
-def evaluate(node: Any, refs: dict[str, str]) -> Any:
-    """Enough of CloudFormation's intrinsic functions for the names the templates build."""
+NO_VALUE = object()
+
+
+def evaluate(node: Any, refs: dict[str, Any], conditions: dict[str, bool] | None = None) -> Any:
+    """Enough of CloudFormation's intrinsic functions for what the templates build. A reference to a
+    resource (or a parameter not in ``refs``) becomes ``<Name>``, an attribute ``<Name.Attribute>``."""
+    conditions = conditions or {}
     if isinstance(node, dict) and len(node) == 1:
         ((fn, arg),) = node.items()
         if fn == "Ref":
-            return refs[arg]
+            return NO_VALUE if arg == "AWS::NoValue" else refs.get(arg, f"<{arg}>")
+        if fn == "Fn::GetAtt":
+            return f"<{arg if isinstance(arg, str) else '.'.join(arg)}>"
+        if fn == "Fn::If":
+            return evaluate(arg[1] if conditions[arg[0]] else arg[2], refs, conditions)
         if fn == "Fn::Select":
-            return evaluate(arg[1], refs)[int(arg[0])]
+            return evaluate(arg[1], refs, conditions)[int(arg[0])]
         if fn == "Fn::Split":
-            return evaluate(arg[1], refs).split(arg[0])
+            return evaluate(arg[1], refs, conditions).split(arg[0])
         if fn == "Fn::Join":
-            return arg[0].join(evaluate(arg[1], refs))
+            return arg[0].join(evaluate(arg[1], refs, conditions))
         if fn == "Fn::Sub":
             text, names = (arg, {}) if isinstance(arg, str) else (arg[0], arg[1])
-            values = {k: evaluate(v, refs) for k, v in names.items()}
-            return re.sub(r"\$\{([^}!]+)\}", lambda m: values.get(m[1]) or refs[m[1]], text)
+            values = {k: evaluate(v, refs, conditions) for k, v in names.items()}
+            return re.sub(
+                r"\$\{([^}!]+)\}",
+                lambda m: str(values[m[1]]) if m[1] in values else str(refs.get(m[1], f"<{m[1]}>")),
+                text,
+            )
+    if isinstance(node, dict):
+        done = {k: evaluate(v, refs, conditions) for k, v in node.items()}
+        return {k: v for k, v in done.items() if v is not NO_VALUE}
     if isinstance(node, list):
-        return [evaluate(n, refs) for n in node]
+        return [v for v in (evaluate(n, refs, conditions) for n in node) if v is not NO_VALUE]
     return node
 
 
