@@ -75,6 +75,20 @@ SHAPES: dict[str, tuple[str, Callable[[int], bytes]]] = {
 }
 
 
+def peak_rss_mb() -> float:
+    """This process's peak resident memory. VmHWM belongs to the address space that ``exec`` made,
+    whereas ``ru_maxrss`` carries over the parent's high-water mark across fork and exec: a child of
+    a 900 MB test process reported 900 MB whatever it did."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024  # kB
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
 def measure(shape: str, n: int, *, max_chunks: int | None = None) -> dict[str, Any]:
     """In this process: build the input, then extract and chunk it; CPU seconds of that alone."""
     from indexer.extract import Unindexable, extract
@@ -90,7 +104,7 @@ def measure(shape: str, n: int, *, max_chunks: int | None = None) -> dict[str, A
     except Unindexable as exc:
         result = f"skipped: {exc.reason}"
     seconds = time.process_time() - t0
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    peak = peak_rss_mb()
     return {"shape": shape, "n": n, "bytes": len(data), "seconds": seconds, "peak_mb": peak, "result": result}
 
 

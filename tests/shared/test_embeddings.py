@@ -128,14 +128,17 @@ def test_throttle_that_outlasts_retries_fails_loudly(make_settings, dashscope):
 
 @pytest.fixture
 def limited(dashscope):
-    """The stand-in with a quota for the test's duration (the server is shared by the session)."""
+    """The stand-in with a quota for the test's duration (the server is shared by the session), in
+    Beijing: these tests count calls of text-embedding-v2's 25 texts."""
     saved = dashscope.quota
+    dashscope.region = "cn-beijing"
     yield dashscope
     dashscope.quota = saved
 
 
 def _paced(make_settings, pacer: Pacer) -> Embedder:
-    s = make_settings(dashscope_max_retries=0)  # the SDK must not retry 429s out of the pacer's sight
+    # the SDK must not retry 429s out of the pacer's sight
+    s = make_settings(dashscope_max_retries=0, dashscope_region="cn-beijing", embedding_model="text-embedding-v2")
     return Embedder(DashScopeClient(s, ApiKeyProvider.from_settings(s)), s.embedder, concurrency=8, pacer=pacer)
 
 

@@ -169,3 +169,21 @@ def test_throttle_kind_and_retry_after_parsing():
     assert parse_retry_after("1.5") == 1.5
     assert parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT") is None
     assert parse_retry_after("3600") == 60.0
+
+
+def test_isolated_429s_never_shrink_a_learned_rate_to_a_crawl():
+    """A few 429s that are not the quota (burst protection, a neighbour's spike: what the fault matrix
+    injects) cut an unknown rate to at most its floor, 1 request/s, and it grows back at a useful pace.
+    Before the floor, eight such 429s left 0.02 requests/s: one call every 45 s."""
+    clock = FakeClock()
+    pacer = Pacer(clock=clock)
+    for _ in range(8):
+        permit = pacer.reserve(100)
+        clock.t += max(permit.delay, 0.0) + 1.1  # one call per window, each refused
+        pacer.on_throttle(permit, "requests")
+    assert pacer.throttled == 8
+    assert pacer.requests.rate == pytest.approx(1.0)
+    quota = Quota(requests_per_second=30, tokens_per_second=None)
+    client = Client(pacer)
+    simulate(clock, quota, [client], seconds=150)
+    assert pacer.requests.rate is not None and pacer.requests.rate >= 20  # back near the real ceiling

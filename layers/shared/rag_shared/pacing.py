@@ -41,6 +41,15 @@ class _Sent:
     done: float = float("inf")  # when the answer came back
 
 
+# Lower bounds for a quota learned from 429s (none configured): 1 request/s and 1,000 tokens/s per
+# instance, far below any embedding model's quota (thousands of requests per minute), and the step
+# a learned rate grows by is at least ``increase`` x 10 x that minimum per second (from 1 call/s to
+# 30 in about 2.5 minutes). A configured quota (DASHSCOPE_RPM/TPM) has no such bounds: it is known.
+MIN_LEARNED_REQUESTS = 1.0
+MIN_LEARNED_TOKENS = 1000.0
+LEARN_STEP_BASE = 10.0
+
+
 @dataclass
 class Dimension:
     """One limited quantity (requests or tokens) per second: its quota and the rate allowed now."""
@@ -49,16 +58,20 @@ class Dimension:
     rate: float | None  # allowed now; None: not limited until a 429 teaches a rate
     increase_per_second: float  # additive increase while nothing is refused
     floor: float
+    # never learned below this, and never grown more slowly than ``increase`` times it per second: a
+    # rate learned from a few isolated 429s (burst protection, a neighbour's spike) underestimates
+    # the quota, and cut after cut it would otherwise shrink to a call a minute and stay there
+    minimum: float = 0.0
     last_cut: float = float("-inf")
     last_grow: float = 0.0
     slow_start: bool = True  # until the first 429: grow by half the rate per second, not a step
 
     @classmethod
-    def make(cls, quota: float | None, share: float, now: float, increase: float) -> Dimension:
+    def make(cls, quota: float | None, share: float, now: float, increase: float, minimum: float) -> Dimension:
         start = quota / share if quota else None
         step = increase * start if start else 0.0
         floor = start * 0.05 if start else 0.0
-        return cls(quota, start, step, floor, last_grow=now)
+        return cls(quota, start, step, floor, minimum=0.0 if start else minimum, last_grow=now)
 
     def grow(self, now: float, limited: bool) -> None:
         """Increase for the time since the last change, capped at the whole quota; only while the
@@ -80,10 +93,10 @@ class Dimension:
             return False
         base = max(sent, 1.0) if self.rate is None else self.rate  # unknown: what was sent teaches it
         current = min(base, max(base * admitted_share, base * 0.5))  # at most halved per window
-        self.rate = max(self.floor, beta * current)
+        self.rate = max(self.floor, self.minimum, beta * current)
         if not self.increase_per_second:  # learned, not configured: grow by a fraction of it per second
-            self.increase_per_second = increase * self.rate
-            self.floor = 0.05 * self.rate
+            self.increase_per_second = increase * max(self.rate, LEARN_STEP_BASE * self.minimum)
+            self.floor = max(0.05 * self.rate, self.minimum)
         self.last_cut = now
         self.last_grow = now
         self.slow_start = False
@@ -119,8 +132,8 @@ class Pacer:
         self.clock = clock
         now = clock()
         rpm, tpm = requests_per_minute, tokens_per_minute
-        self.requests = Dimension.make(rpm / 60 if rpm else None, share, now, increase)
-        self.tokens = Dimension.make(tpm / 60 if tpm else None, share, now, increase)
+        self.requests = Dimension.make(rpm / 60 if rpm else None, share, now, increase, MIN_LEARNED_REQUESTS)
+        self.tokens = Dimension.make(tpm / 60 if tpm else None, share, now, increase, MIN_LEARNED_TOKENS)
         self.beta = beta
         self.increase = increase
         # the window the log keeps is a little longer than the service's, so that arrival jitter
