@@ -569,15 +569,7 @@ class DashScopeStandIn(RegionFacts, StandInServer):
         frames += [chunk({"content": p}) for p in pieces]
         frames.append(chunk({"content": ""}, finish_reason))
         if (body.get("stream_options") or {}).get("include_usage"):
-            tail: dict[str, Any] = {
-                "id": cid,
-                "object": "chat.completion.chunk",
-                "created": created,
-                "model": model,
-                "choices": [],
-                "usage": usage,
-            }
-            frames.append(f"data: {json.dumps(tail)}\n\n".encode())
+            frames.append(usage_frame(cid, created, model, usage))
         frames.append(b"data: [DONE]\n\n")
         for n, frame in enumerate(frames):
             if drop is not None and n == drop.after_chunks:
@@ -713,6 +705,13 @@ def shape_answer(answer: str, body: dict[str, Any]) -> str:
     return answer
 
 
+def usage_frame(cid: str, created: int, model: str, usage: dict[str, int]) -> bytes:
+    """The last chunk of a stream with ``stream_options.include_usage``: usage, and ``choices`` empty
+    (shared/REFERENCE.md, DashScope compatible mode: streaming)."""
+    payload = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": model, "choices": []}
+    return f"data: {json.dumps({**payload, 'usage': usage})}\n\n".encode()
+
+
 def send_tool_calls(req: Request, model: str, calls: list[dict[str, Any]], prompt_tokens: int, stream: bool) -> None:
     """Answer with tool calls, in DashScope's non-streaming or streaming wire format."""
     completion = sum(count_tokens(c["name"] + c["arguments"]) for c in calls)
@@ -765,15 +764,7 @@ def send_tool_calls(req: Request, model: str, calls: list[dict[str, Any]], promp
         ]
     frames.append(frame({"content": None}, "tool_calls"))
     if (req.json().get("stream_options") or {}).get("include_usage"):
-        payload = {
-            "id": cid,
-            "object": "chat.completion.chunk",
-            "created": created,
-            "model": model,
-            "choices": [],
-            "usage": usage,
-        }
-        frames.append(f"data: {json.dumps(payload)}\n\n".encode())
+        frames.append(usage_frame(cid, created, model, usage))
     frames.append(b"data: [DONE]\n\n")
     req.start_chunked(200, "text/event-stream")
     for f in frames:

@@ -50,3 +50,18 @@ def test_bad_url_is_a_usage_error(capsys):
         bf.main(["https://example.com/x"])
     assert info.value.code == 2
     assert "expected s3://bucket/prefix" in capsys.readouterr().err
+
+
+def test_a_dry_run_says_what_would_change_and_changes_nothing(uploader, dashscope, indexer_env, capsys):
+    s3, bucket = uploader.s3, uploader.bucket
+    s3.put_object(Bucket=bucket, Key="docs/a.md", Body=b"# A\n\nAlpha document body.")
+    s3.put_object(Bucket=bucket, Key="docs/b.txt", Body=b"Beta document body.")
+    calls = len(dashscope.calls("/embeddings"))
+    assert bf.main([f"s3://{bucket}/docs/", "--no-progress", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "dry run (nothing was changed)" in out and "would index: 2" in out
+    assert "  indexed:" not in out
+    store = store_for(indexer_env)
+    store.refresh()
+    assert store.count("docs/a.md") == 0 and store.count("docs/b.txt") == 0
+    assert len(dashscope.calls("/embeddings")) == calls  # nothing was embedded either

@@ -33,14 +33,21 @@ class Summary:
     chunks: int = 0
     tokens: int = 0
     cost_usd: float = 0.0
+    dry_run: bool = False  # counts are of what would change: say so, never "indexed"
 
     def render(self) -> str:
+        if self.dry_run:
+            head = ["backfill dry run (nothing was changed):", f"  would index: {self.actions['indexed']}"]
+        else:
+            head = [
+                "backfill summary:",
+                f"  indexed: {self.actions['indexed']} ({self.chunks} chunks, {self.tokens} embedding tokens, "
+                f"~${self.cost_usd:.6f})",
+            ]
         lines = [
-            "backfill summary:",
-            f"  indexed: {self.actions['indexed']} ({self.chunks} chunks, {self.tokens} embedding tokens, "
-            f"~${self.cost_usd:.6f})",
+            *head,
             f"  unchanged: {self.actions['unchanged']}",
-            f"  removed: {self.actions['removed']}",
+            f"  {'would remove' if self.dry_run else 'removed'}: {self.actions['removed']}",
             f"  skipped: {len(self.skipped)}",
         ]
         lines += [f"    {key}: {reason}" for key, reason in self.skipped]
@@ -78,7 +85,7 @@ def backfill(
     indexer.store.refresh()
     states = {c.key: c for c in indexer.commits.scan() if c.key.startswith(prefix)}
     objects = list(list_objects(indexer.s3, bucket, prefix))
-    summary = Summary()
+    summary = Summary(dry_run=dry_run)
     seen: set[str] = set()
     for obj in tqdm(objects, desc="backfill", unit="file", disable=not progress, file=sys.stderr):
         key, etag = obj["Key"], obj["ETag"].strip('"')
