@@ -1,274 +1,43 @@
-"""The OpenSearch k-NN vector store: chunk documents, their cleanup, and search.
-
-``<index>`` holds one document per chunk (text, metadata, vector), tagged with the *version* token
-of the attempt that wrote it. Which version of a key readers may see is not recorded here but in
-the commit table (:mod:`rag_shared.commits`): search keeps only committed chunks, so a partly
-written, superseded or failed version is never served. One class per store kind:
-:class:`VectorStore` for a managed domain (own ids, refresh, delete-by-query) and
-:class:`ServerlessStore` for an OpenSearch Serverless collection (none of those).
-"""
+"""The store kinds: :class:`VectorStore` for a managed domain, :class:`ServerlessStore` for an
+OpenSearch Serverless collection. Chunk writes, cleanup, search of committed versions, index setup."""
 
 from __future__ import annotations
 
-import copy
 import logging
 import random
 import time
 from collections.abc import Callable, Sequence
 from typing import Any, ClassVar, Literal, TypeVar
-from urllib.parse import urlsplit, urlunsplit
 
-import orjson
 from opensearchpy import OpenSearch, helpers
 from opensearchpy.exceptions import ConnectionError as OSConnectionError
-from opensearchpy.exceptions import ConnectionTimeout, NotFoundError, SerializationError, TransportError
-from opensearchpy.serializer import JSONSerializer
-from pydantic import BaseModel, Field
+from opensearchpy.exceptions import ConnectionTimeout, NotFoundError, TransportError
 
 from rag_shared.commits import CommitStore, visible
-from rag_shared.config import OpenSearchAuth, Settings
+from rag_shared.config import Settings
 from rag_shared.errors import BulkWriteError, IndexMappingError, StoreError
+from rag_shared.store.client import make_client
+from rag_shared.store.documents import SPACE, VECTOR_FIELD, ChunkDoc, SearchFilter, SearchHit
+from rag_shared.store.mapping import (
+    GUARD,
+    TEMPLATE_PRIORITY,
+    choose_engine,
+    index_body,
+    index_lost,
+    index_template,
+    parse_version,
+)
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-VECTOR_FIELD = "embedding"
-SPACE = "cosinesimil"
 # 429 is OpenSearch's rejected_execution_exception (a full thread pool); 402 is OpenSearch Serverless'
 # service_quota_exceeded_exception, a collection at its OCU limit until it scales (REFERENCE.md).
 _RETRY_STATUS = {402, 429, 502, 503, 504}
-# Which engine can do cosinesimil, from which version (documentation-website
-# _mappings/supported-field-types/knn-methods-engines.md): lucene hnsw always (engine since 2.2), faiss
-# hnsw only from 2.19. Efficient filtering inside ``knn``, which search needs: lucene 2.4+, faiss 2.9+.
-FAISS_COSINE_SINCE = (2, 19)
-MIN_VERSION = (2, 4)
-# Serverless vector collections refuse the lucene engine (AWS serverless-vector-search.md, Limitations).
-SERVERLESS_ENGINE = "faiss"
-# A write to a missing index creates it (automatic index creation) from the highest-priority index
-# template matching its name, else with dynamic mappings, where a vector is a plain float array and
-# k-NN is lost. So ensure_index installs a template per index (exact-name pattern, high priority).
-TEMPLATE_PRIORITY = 200
-# The chunk index template leaves the vector field out and sets ``dynamic: strict``; the store's own
-# create request adds the field and ``dynamic: true`` (a create request's mappings override the
-# template's). So a chunk index re-created by a write (after someone deleted it) refuses that write
-# with strict_dynamic_mapping_exception: the store notices, resets the per-source states that describe
-# the lost vectors, and adds the k-NN field to the new index (PUT _mapping; aoss:UpdateIndex on
-# Serverless, where it cannot delete the index). Only mappings, which Serverless fully supports.
-GUARD = "strict"
 BULK_DOCS = 500
 # A 1536-float vector is ~35 KB of JSON, so 500 of them would be ~17 MB: over the 10 MiB request
 # limit (http.max_content_length) of small managed-domain instance types. Keep each request under it.
 BULK_BYTES = 8 * 1024 * 1024
-
-
-# --- documents ----------------------------------------------------------------------------------
-
-
-class ChunkDoc(BaseModel):
-    """One chunk as stored. ``id``: the key's hash, the version token and the chunk number (never the
-    raw key: S3 keys reach 1,024 bytes, OpenSearch ids 512). ``version``: the writing attempt's token."""
-
-    id: str
-    source_key: str
-    version: str
-    chunk_number: int
-    text: str
-    start: int
-    end: int
-    heading: str | None = None
-    content_hash: str
-    embedding_model: str
-    source_seq: str
-    etag: str | None = None
-    version_id: str | None = None
-    vector: list[float] = Field(repr=False)
-
-    def body(self) -> dict[str, Any]:
-        data = self.model_dump(exclude={"id", "vector"})
-        data[VECTOR_FIELD] = self.vector
-        return data
-
-
-class SearchHit(BaseModel):
-    id: str
-    score: float
-    source_key: str
-    chunk_number: int
-    text: str
-    heading: str | None = None
-    start: int = 0
-    end: int = 0
-    version: str | None = None
-
-
-class SearchFilter(BaseModel):
-    """Restricts retrieval: to keys under a prefix, or to an explicit list of keys."""
-
-    key_prefix: str | None = None
-    keys: list[str] | None = None
-
-    def clauses(self) -> list[dict[str, Any]]:
-        out: list[dict[str, Any]] = []
-        if self.key_prefix:
-            out.append({"prefix": {"source_key": self.key_prefix}})
-        if self.keys:
-            out.append({"terms": {"source_key": self.keys}})
-        return out
-
-
-def index_body(dimensions: int, engine: str, *, serverless: bool) -> dict[str, Any]:
-    """Settings and mappings of the chunk index: HNSW, cosine similarity, on faiss or lucene."""
-    settings: dict[str, Any] = {"index": {"knn": True}}
-    if not serverless:  # OpenSearch Serverless manages shards itself and rejects these
-        settings["index"].update({"number_of_shards": 1, "number_of_replicas": 1})
-    return {
-        "settings": settings,
-        "mappings": {
-            "dynamic": "true",  # overrides the template's guard (see GUARD)
-            "properties": {
-                VECTOR_FIELD: {
-                    "type": "knn_vector",
-                    "dimension": dimensions,
-                    "method": {
-                        "name": "hnsw",
-                        "engine": engine,
-                        "space_type": SPACE,
-                        "parameters": {"m": 16, "ef_construction": 128},
-                    },
-                },
-                "text": {"type": "text"},
-                "source_key": {"type": "keyword"},
-                "version": {"type": "keyword"},
-                "chunk_number": {"type": "integer"},
-                "start": {"type": "integer"},
-                "end": {"type": "integer"},
-                "heading": {"type": "text"},
-                "content_hash": {"type": "keyword"},
-                "embedding_model": {"type": "keyword"},
-                "source_seq": {"type": "keyword"},
-                "etag": {"type": "keyword"},
-                "version_id": {"type": "keyword"},
-            },
-        },
-    }
-
-
-def parse_version(number: str) -> tuple[int, int]:
-    """``"2.11.1"`` as ``(2, 11)``."""
-    try:
-        major, minor = (int(p) for p in number.split(".")[:2])
-    except ValueError:
-        raise StoreError(f"OpenSearch reported an unreadable version {number!r}") from None
-    return major, minor
-
-
-def choose_engine(version: tuple[int, int] | None, preferred: str, *, serverless: bool) -> str:
-    """The k-NN engine for a new chunk index: the preferred one where the cluster can do cosine
-    similarity with it, else lucene; always faiss on Serverless, which has no lucene engine."""
-    if serverless:
-        return SERVERLESS_ENGINE
-    assert version is not None
-    if version < MIN_VERSION:
-        raise StoreError(
-            f"OpenSearch {version[0]}.{version[1]} is too old: k-NN search with filters needs "
-            f"{MIN_VERSION[0]}.{MIN_VERSION[1]} or later; upgrade the domain"
-        )
-    if preferred == "faiss" and version < FAISS_COSINE_SINCE:
-        log.info("faiss supports cosinesimil from OpenSearch 2.19; using lucene on %d.%d", *version)
-        return "lucene"
-    return preferred
-
-
-def _index_lost(error: dict[str, Any]) -> bool:
-    """A bulk item error saying the index is gone, or was re-created by a write (the template's guard)."""
-    etype, reason = error.get("type"), str(error.get("reason", ""))
-    return etype == "index_not_found_exception" or (
-        etype == "strict_dynamic_mapping_exception" and f"[{VECTOR_FIELD}]" in reason
-    )
-
-
-def index_template(name: str, body: dict[str, Any], *, guard: bool) -> dict[str, Any]:
-    """An index template applying ``body`` to an index called exactly ``name`` whenever it is
-    created, also by a write to a missing index. ``guard`` leaves out the vector field and makes
-    the mapping strict, so such an index refuses documents until the store adopts it."""
-    template = copy.deepcopy(body)
-    if guard:
-        mappings = template.setdefault("mappings", {})
-        mappings["dynamic"] = GUARD
-        mappings.get("properties", {}).pop(VECTOR_FIELD, None)
-    return {
-        "index_patterns": [name],
-        "priority": TEMPLATE_PRIORITY,
-        "template": template,
-    }
-
-
-# --- client -------------------------------------------------------------------------------------
-
-
-class FastJSONSerializer(JSONSerializer):
-    """opensearch-py's serializer on orjson: a bulk body of 500 chunks holds 768,000 floats, and
-    the standard library spent more CPU formatting them than the rest of the indexer together."""
-
-    def dumps(self, data: Any) -> str:
-        if isinstance(data, str):
-            return data
-        try:
-            return orjson.dumps(data, default=self.default, option=orjson.OPT_NON_STR_KEYS).decode()
-        except (TypeError, orjson.JSONEncodeError) as exc:
-            raise SerializationError(data, exc) from None
-
-    def loads(self, s: str | bytes) -> Any:
-        try:
-            return orjson.loads(s)
-        except orjson.JSONDecodeError as exc:
-            raise SerializationError(s, exc) from None
-
-
-def pool_size(settings: Settings) -> int:
-    """Connections the store may use at once: the embedder's threads look up the cache, two window
-    threads and the bulk writer run beside the handler's thread (functions/indexer pipeline)."""
-    return settings.embedding_concurrency + 4
-
-
-def make_client(settings: Settings, *, credentials: Any = None, pool_maxsize: int | None = None) -> OpenSearch:
-    """An opensearch-py client for ``OPENSEARCH_URL``: SigV4 in AWS, basic auth or none locally.
-
-    ``pool_maxsize`` (default :func:`pool_size`) sizes urllib3's connection pool: its default holds one
-    connection, so threads writing at once each opened another and urllib3 warned "Connection pool is
-    full, discarding connection" for every one it then dropped."""
-    parts = urlsplit(settings.opensearch_url)
-    if not parts.scheme or not parts.hostname:
-        raise StoreError(f"OPENSEARCH_URL must be a URL like https://host:443, got {settings.opensearch_url!r}")
-    port = parts.port or (443 if parts.scheme == "https" else 9200)
-    clean_url = urlunsplit((parts.scheme, f"{parts.hostname}:{port}", parts.path, "", ""))
-    kwargs: dict[str, Any] = {
-        "hosts": [clean_url],
-        "use_ssl": parts.scheme == "https",
-        "verify_certs": parts.scheme == "https",
-        "timeout": settings.opensearch_timeout_seconds,
-        "max_retries": 0,  # VectorStore retries with backoff instead of immediately
-        # No request gzip: opensearch-py compresses at level 9, ~1 s of Lambda CPU per 8 MiB bulk body
-        # of vectors (which only shrink to ~40%), to save well under 0.1 s of in-region transfer.
-        "http_compress": False,
-        "serializer": FastJSONSerializer(),
-        "pool_maxsize": pool_maxsize or pool_size(settings),
-    }
-    if settings.opensearch_auth is OpenSearchAuth.SIGV4:
-        from opensearchpy import AWSV4SignerAuth, RequestsHttpConnection
-
-        if credentials is None:
-            import boto3
-
-            credentials = boto3.Session().get_credentials()
-        kwargs["http_auth"] = AWSV4SignerAuth(credentials, settings.aws_region, settings.opensearch_service)
-        kwargs["connection_class"] = RequestsHttpConnection
-    elif settings.opensearch_auth is OpenSearchAuth.BASIC or parts.username:
-        kwargs["http_auth"] = (parts.username or "", parts.password or "")
-    return OpenSearch(**kwargs)
-
-
-# --- the store ----------------------------------------------------------------------------------
 
 
 class VectorStore:
@@ -492,7 +261,7 @@ class VectorStore:
                     done.append(str(result.get("_id", action.get("_id", ""))))
                     continue
                 error = result.get("error")
-                if isinstance(error, dict) and _index_lost(error):
+                if isinstance(error, dict) and index_lost(error):
                     index_missing = True  # deleted under a warm container: recreate it, retry the items
                     failed.append(action)
                 elif status in _RETRY_STATUS or status >= 500:

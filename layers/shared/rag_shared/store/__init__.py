@@ -1,0 +1,48 @@
+"""The OpenSearch k-NN vector store: chunk documents, their cleanup, and search.
+
+``<index>`` holds one document per chunk (text, metadata, vector), tagged with the *version* token
+of the attempt that wrote it. Which version of a key readers may see is not recorded here but in
+the commit table (:mod:`rag_shared.commits`): search keeps only committed chunks, so a partly
+written, superseded or failed version is never served. One class per store kind:
+:class:`VectorStore` for a managed domain (own ids, refresh, delete-by-query) and
+:class:`ServerlessStore` for an OpenSearch Serverless collection (none of those).
+"""
+
+from rag_shared.store.client import FastJSONSerializer, make_client, pool_size
+from rag_shared.store.documents import SPACE, VECTOR_FIELD, ChunkDoc, SearchFilter, SearchHit
+from rag_shared.store.mapping import (
+    FAISS_COSINE_SINCE,
+    GUARD,
+    MIN_VERSION,
+    SERVERLESS_ENGINE,
+    TEMPLATE_PRIORITY,
+    choose_engine,
+    index_body,
+    index_template,
+    parse_version,
+)
+from rag_shared.store.stores import BULK_BYTES, BULK_DOCS, ServerlessStore, VectorStore
+
+__all__ = [
+    "BULK_BYTES",
+    "BULK_DOCS",
+    "FAISS_COSINE_SINCE",
+    "GUARD",
+    "MIN_VERSION",
+    "SERVERLESS_ENGINE",
+    "SPACE",
+    "TEMPLATE_PRIORITY",
+    "VECTOR_FIELD",
+    "ChunkDoc",
+    "FastJSONSerializer",
+    "SearchFilter",
+    "SearchHit",
+    "ServerlessStore",
+    "VectorStore",
+    "choose_engine",
+    "index_body",
+    "index_template",
+    "make_client",
+    "parse_version",
+    "pool_size",
+]

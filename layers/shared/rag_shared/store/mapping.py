@@ -1,0 +1,119 @@
+"""The chunk index's settings and mappings, the k-NN engine a cluster can serve, and the index
+template that keeps automatic index creation from building an index without k-NN. Pure functions."""
+
+from __future__ import annotations
+
+import copy
+import logging
+from typing import Any
+
+from rag_shared.errors import StoreError
+from rag_shared.store.documents import SPACE, VECTOR_FIELD
+
+log = logging.getLogger(__name__)
+
+# Which engine can do cosinesimil, from which version (documentation-website
+# _mappings/supported-field-types/knn-methods-engines.md): lucene hnsw always (engine since 2.2), faiss
+# hnsw only from 2.19. Efficient filtering inside ``knn``, which search needs: lucene 2.4+, faiss 2.9+.
+FAISS_COSINE_SINCE = (2, 19)
+MIN_VERSION = (2, 4)
+# Serverless vector collections refuse the lucene engine (AWS serverless-vector-search.md, Limitations).
+SERVERLESS_ENGINE = "faiss"
+# A write to a missing index creates it (automatic index creation) from the highest-priority index
+# template matching its name, else with dynamic mappings, where a vector is a plain float array and
+# k-NN is lost. So ensure_index installs a template per index (exact-name pattern, high priority).
+TEMPLATE_PRIORITY = 200
+# The chunk index template leaves the vector field out and sets ``dynamic: strict``; the store's own
+# create request adds the field and ``dynamic: true`` (a create request's mappings override the
+# template's). So a chunk index re-created by a write (after someone deleted it) refuses that write
+# with strict_dynamic_mapping_exception: the store notices and adds the k-NN field to the new index
+# (PUT _mapping; aoss:UpdateIndex on Serverless, where it cannot delete the index); the backfill
+# re-indexes what was lost. Only mappings, which Serverless fully supports.
+GUARD = "strict"
+
+
+def index_body(dimensions: int, engine: str, *, serverless: bool) -> dict[str, Any]:
+    """Settings and mappings of the chunk index: HNSW, cosine similarity, on faiss or lucene."""
+    settings: dict[str, Any] = {"index": {"knn": True}}
+    if not serverless:  # OpenSearch Serverless manages shards itself and rejects these
+        settings["index"].update({"number_of_shards": 1, "number_of_replicas": 1})
+    return {
+        "settings": settings,
+        "mappings": {
+            "dynamic": "true",  # overrides the template's guard (see GUARD)
+            "properties": {
+                VECTOR_FIELD: {
+                    "type": "knn_vector",
+                    "dimension": dimensions,
+                    "method": {
+                        "name": "hnsw",
+                        "engine": engine,
+                        "space_type": SPACE,
+                        "parameters": {"m": 16, "ef_construction": 128},
+                    },
+                },
+                "text": {"type": "text"},
+                "source_key": {"type": "keyword"},
+                "version": {"type": "keyword"},
+                "chunk_number": {"type": "integer"},
+                "start": {"type": "integer"},
+                "end": {"type": "integer"},
+                "heading": {"type": "text"},
+                "content_hash": {"type": "keyword"},
+                "embedding_model": {"type": "keyword"},
+                "source_seq": {"type": "keyword"},
+                "etag": {"type": "keyword"},
+                "version_id": {"type": "keyword"},
+            },
+        },
+    }
+
+
+def parse_version(number: str) -> tuple[int, int]:
+    """``"2.11.1"`` as ``(2, 11)``."""
+    try:
+        major, minor = (int(p) for p in number.split(".")[:2])
+    except ValueError:
+        raise StoreError(f"OpenSearch reported an unreadable version {number!r}") from None
+    return major, minor
+
+
+def choose_engine(version: tuple[int, int] | None, preferred: str, *, serverless: bool) -> str:
+    """The k-NN engine for a new chunk index: the preferred one where the cluster can do cosine
+    similarity with it, else lucene; always faiss on Serverless, which has no lucene engine."""
+    if serverless:
+        return SERVERLESS_ENGINE
+    assert version is not None
+    if version < MIN_VERSION:
+        raise StoreError(
+            f"OpenSearch {version[0]}.{version[1]} is too old: k-NN search with filters needs "
+            f"{MIN_VERSION[0]}.{MIN_VERSION[1]} or later; upgrade the domain"
+        )
+    if preferred == "faiss" and version < FAISS_COSINE_SINCE:
+        log.info("faiss supports cosinesimil from OpenSearch 2.19; using lucene on %d.%d", *version)
+        return "lucene"
+    return preferred
+
+
+def index_lost(error: dict[str, Any]) -> bool:
+    """A bulk item error saying the index is gone, or was re-created by a write (the template's guard)."""
+    etype, reason = error.get("type"), str(error.get("reason", ""))
+    return etype == "index_not_found_exception" or (
+        etype == "strict_dynamic_mapping_exception" and f"[{VECTOR_FIELD}]" in reason
+    )
+
+
+def index_template(name: str, body: dict[str, Any], *, guard: bool) -> dict[str, Any]:
+    """An index template applying ``body`` to an index called exactly ``name`` whenever it is
+    created, also by a write to a missing index. ``guard`` leaves out the vector field and makes
+    the mapping strict, so such an index refuses documents until the store adopts it."""
+    template = copy.deepcopy(body)
+    if guard:
+        mappings = template.setdefault("mappings", {})
+        mappings["dynamic"] = GUARD
+        mappings.get("properties", {}).pop(VECTOR_FIELD, None)
+    return {
+        "index_patterns": [name],
+        "priority": TEMPLATE_PRIORITY,
+        "template": template,
+    }
