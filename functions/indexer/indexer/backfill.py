@@ -1,16 +1,20 @@
 """Index objects that were in the bucket before the trigger existed.
 
-    python -m indexer.backfill s3://my-bucket/docs/ [--prune] [--dry-run]
+    python -m indexer.backfill s3://my-bucket/docs/ [--prune] [--queue-url URL | --local] [--dry-run]
 
-Uses the indexer's own code path. Objects whose ETag matches the key's commit record, and whose
-committed chunks are all in the index, are skipped without reading them (so a chunk index that was
-deleted or lost documents is restored); ``--prune`` also removes keys the commit table knows but the
-bucket no longer has. Prints a summary and exits non-zero if anything failed.
+With a queue URL (``--queue-url`` or ``INDEX_QUEUE_URL``) it plans: one event per changed object
+goes to the indexing queue and the deployed indexer fleet does the work (:mod:`indexer.planner`).
+``--local`` (the default without a queue URL) indexes in this process with the indexer's own code
+path: objects whose ETag matches the key's commit record, and whose committed chunks are all in
+the index, are skipped without reading them (so a chunk index that was deleted or lost documents
+is restored). ``--prune`` also removes keys the commit table knows but the bucket no longer has.
+Prints a summary and exits non-zero if anything failed.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections import Counter
 from collections.abc import Iterator
@@ -142,11 +146,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--prune", action="store_true", help="remove indexed keys that are no longer in the bucket")
     parser.add_argument("--dry-run", action="store_true", help="report what would change, change nothing")
     parser.add_argument("--no-progress", action="store_true")
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--queue-url", help="enqueue changed objects for the indexer fleet (default: $INDEX_QUEUE_URL)")
+    mode.add_argument("--local", action="store_true", help="index in this process instead of through the queue")
     args = parser.parse_args(argv)
     try:
         bucket, prefix = parse_s3_url(args.url)
     except ValueError as exc:
         parser.error(str(exc))
+    queue_url = None if args.local else args.queue_url or os.environ.get("INDEX_QUEUE_URL")
+    if queue_url and not args.dry_run:
+        return _plan_main(queue_url, bucket, prefix, prune=args.prune)
     from indexer.handler import build_indexer
 
     try:
@@ -159,6 +169,35 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print(summary.render())
     return 1 if summary.failed else 0
+
+
+def _plan_main(queue_url: str, bucket: str, prefix: str, *, prune: bool) -> int:
+    import boto3
+    from rag_shared.commits import CommitStore
+    from rag_shared.config import load_settings
+
+    from indexer import planner
+
+    try:
+        commits = CommitStore.from_settings(load_settings())
+        if commits is None:
+            print("backfill failed: queue mode compares with the commit records: set COMMIT_TABLE", file=sys.stderr)
+            return 2
+        s3, sqs = boto3.client("s3"), boto3.client("sqs")
+        summary = planner.plan(
+            list_objects(s3, bucket, prefix),
+            commits,
+            planner.QueueSink(sqs, queue_url),
+            bucket,
+            prefix=prefix,
+            prune=prune,
+            exists=planner.s3_exists(s3, bucket),
+        )
+    except RagError as exc:
+        print(f"backfill failed: {exc}", file=sys.stderr)
+        return 2
+    print(summary.render())
+    return 0
 
 
 if __name__ == "__main__":
