@@ -214,3 +214,28 @@ def test_planner_memory_does_not_grow_with_the_listing():
     _peak(1000)  # warm up imports and caches
     small, large = _peak(1_000), _peak(10_000)
     assert large < 1.5 * small, (small, large)
+
+
+def test_an_entry_sqs_calls_malformed_is_not_retried():
+    class Refusing:
+        calls = 0
+
+        def send_message_batch(self, QueueUrl: str, Entries: list[dict[str, str]]) -> dict[str, Any]:
+            Refusing.calls += 1
+            return {"Successful": [], "Failed": [{"Id": "0", "Code": "InvalidMessageContents", "SenderFault": True}]}
+
+    sink = planner.QueueSink(Refusing(), "url", sleep=lambda s: None)
+    sink.send({"n": 0})
+    with pytest.raises(planner.SendFailed, match="InvalidMessageContents"):
+        sink.flush()
+    assert Refusing.calls == 1
+
+
+def test_local_wins_over_the_queue_url_in_the_environment(uploader, queues, monkeypatch, capsys):
+    monkeypatch.setenv("INDEX_QUEUE_URL", queues.url)
+    uploader.s3.put_object(Bucket=uploader.bucket, Key="docs/a.txt", Body=b"Alpha document body.")
+    assert bf.main([f"s3://{uploader.bucket}/docs/", "--local", "--no-progress"]) == 0
+    assert "indexed: 1" in capsys.readouterr().out
+    assert queues.messages() == []
+    assert bf.main([f"s3://{uploader.bucket}/docs/", "--no-progress"]) == 0  # the queue, from the environment
+    assert "enqueued: 0" in capsys.readouterr().out and queues.messages() == []
