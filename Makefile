@@ -32,7 +32,7 @@ help:
 	@echo "make test      lint, types, sam validate --lint, sam build, tests"
 	@echo "make soak      many random indexing schedules (SCHEDULES=200 per store kind), invariants checked"
 	@echo "make deploy    sam build + sam deploy --guided with the virtualenv's SAM CLI (ARGS=... for more options)"
-	@echo "make backfill  index what is already in the deployed bucket (ARGS=\"--prune\" or \"--dry-run\")"
+	@echo "make backfill  index what is already in the deployed bucket, via its queue (ARGS=\"--prune\", \"--dry-run\", \"--local\")"
 	@echo "make bench     benchmarks (bench/), printed and written to .bench/RESULTS.md"
 	@echo "make bench-results  the same, written to the tracked bench/RESULTS.md"
 	@echo "make doctor    check the configured DashScope and OpenSearch (key, region, models, index)"

@@ -1,7 +1,11 @@
 """``make backfill``: run the indexer's backfill against the deployed stack, configured as the
 deployed indexer is (its function's environment), so nobody copies six variables by hand.
 
-    python -m local.backfill [--stack qwen-rag] [--prefix docs/] [--prune] [--dry-run]
+    python -m local.backfill [--stack qwen-rag] [--prefix docs/] [--prune] [--dry-run] [--local]
+
+By default it plans: one message per changed object goes to the stack's indexing queue
+(``IndexQueueUrl``), and the deployed indexers do the work under their concurrency and retries.
+``--local`` indexes in this process instead.
 
 The stack name defaults to samconfig.toml's; credentials and region come from the usual AWS chain.
 """
@@ -36,15 +40,21 @@ def indexer_environment(variables: dict[str, str]) -> dict[str, str]:
 
 
 def read_stack(stack: str, cfn: Any, lam: Any) -> tuple[str, dict[str, str]]:
-    """(bucket name, indexer environment) of a deployed stack."""
-    outputs = cfn.describe_stacks(StackName=stack)["Stacks"][0].get("Outputs", [])
-    bucket = next((o["OutputValue"] for o in outputs if o["OutputKey"] == "DocumentsBucketName"), None)
+    """(bucket name, indexer environment) of a deployed stack; the environment also names the stack's
+    indexing queue (``INDEX_QUEUE_URL``), where the backfill sends its plan."""
+    outputs = {
+        o["OutputKey"]: o["OutputValue"] for o in cfn.describe_stacks(StackName=stack)["Stacks"][0].get("Outputs", [])
+    }
+    bucket = outputs.get("DocumentsBucketName")
     if not bucket:
         raise BackfillSetupError(f"stack {stack} has no DocumentsBucketName output: is it this project's stack?")
     function = cfn.describe_stack_resource(StackName=stack, LogicalResourceId="IndexerFunction")
     name = function["StackResourceDetail"]["PhysicalResourceId"]
     config = lam.get_function_configuration(FunctionName=name)
-    return bucket, indexer_environment(config.get("Environment", {}).get("Variables", {}))
+    env = indexer_environment(config.get("Environment", {}).get("Variables", {}))
+    if outputs.get("IndexQueueUrl"):
+        env["INDEX_QUEUE_URL"] = outputs["IndexQueueUrl"]
+    return bucket, env
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -53,6 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--prefix", default="", help="only keys under this prefix")
     parser.add_argument("--prune", action="store_true", help="remove indexed keys no longer in the bucket")
     parser.add_argument("--dry-run", action="store_true", help="report what would change, change nothing")
+    parser.add_argument("--local", action="store_true", help="index in this process instead of via the queue")
     args = parser.parse_args(argv)
 
     import boto3
@@ -77,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.update(env)
     from indexer import backfill
 
-    flags = [f for f, on in (("--prune", args.prune), ("--dry-run", args.dry_run)) if on]
+    flags = [f for f, on in (("--prune", args.prune), ("--dry-run", args.dry_run), ("--local", args.local)) if on]
     print(f"Backfill of s3://{bucket}/{args.prefix} with stack {args.stack}'s indexer settings", flush=True)
     return backfill.main([f"s3://{bucket}/{args.prefix}", *flags])
 

@@ -16,7 +16,11 @@ from local import backfill
 class FakeCfn:
     def describe_stacks(self, StackName: str) -> dict[str, Any]:
         assert StackName == "my-rag"
-        return {"Stacks": [{"Outputs": [{"OutputKey": "DocumentsBucketName", "OutputValue": "my-docs-bucket"}]}]}
+        outputs = [
+            {"OutputKey": "DocumentsBucketName", "OutputValue": "my-docs-bucket"},
+            {"OutputKey": "IndexQueueUrl", "OutputValue": "https://sqs.us-east-1.amazonaws.com/1/my-rag-IndexQueue"},
+        ]
+        return {"Stacks": [{"Outputs": outputs}]}
 
     def describe_stack_resource(self, StackName: str, LogicalResourceId: str) -> dict[str, Any]:
         assert LogicalResourceId == "IndexerFunction"
@@ -40,6 +44,7 @@ def test_the_bucket_and_the_indexer_settings_come_from_the_stack() -> None:
     assert bucket == "my-docs-bucket"
     assert env["OPENSEARCH_SERVICE"] == "aoss" and env["DASHSCOPE_SECRET_ARN"].endswith(":k")
     assert not any(k.startswith("AWS_") for k in env)  # the runtime's, not the backfill's
+    assert env["INDEX_QUEUE_URL"].endswith("/my-rag-IndexQueue")  # the plan goes to the deployed fleet
 
 
 def test_the_stack_name_is_samconfigs(tmp_path: Path) -> None:
