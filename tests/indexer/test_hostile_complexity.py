@@ -1,7 +1,7 @@
 """Doubling a hostile input at most ~2.3x the time, for each extractor and the chunker.
 
 CPU time of this process (``time.process_time``), best of 3 at n and 2n, so other processes on a
-busy machine do not count; a ratio over the bound is measured up to twice more before failing. A
+busy machine do not count; a ratio over the bound is measured up to three times more before failing. A
 quadratic step shows ~4x and fails either way.
 """
 
@@ -10,6 +10,7 @@ from __future__ import annotations
 import gc
 import time
 from collections.abc import Callable
+from functools import partial
 
 import pytest
 from indexer.extract import Limits, Unindexable, extract
@@ -30,19 +31,27 @@ def _run(key: str, data: bytes, limits: Limits) -> None:
 
 
 def _best(fn: Callable[[], None], runs: int = 3) -> float:
+    """Best CPU time of ``runs``, with the cyclic collector paused while timing: late in a full run
+    this process holds hundreds of MB from other tests, and one gen-2 collection over that heap
+    landing inside a 0.1 s measurement doubled it (a spurious 2.3x+ in CI). What the extractor
+    allocates is freed by reference counting either way."""
     best = float("inf")
     for _ in range(runs):
         gc.collect()
-        t0 = time.process_time()
-        fn()
-        best = min(best, time.process_time() - t0)
+        gc.disable()
+        try:
+            t0 = time.process_time()
+            fn()
+            best = min(best, time.process_time() - t0)
+        finally:
+            gc.enable()
     return best
 
 
 def _ratio(key: str, small: bytes, large: bytes, limits: Limits) -> tuple[float, float, float]:
     t1 = _best(lambda: _run(key, small, limits))
     t2 = _best(lambda: _run(key, large, limits))
-    for _ in range(2):  # over the bound on a busy machine: measure again, keep the best of all
+    for _ in range(3):  # over the bound on a busy machine: measure again, keep the best of all
         if t2 / t1 <= BOUND:
             break
         t1 = min(t1, _best(lambda: _run(key, small, limits)))
@@ -68,6 +77,12 @@ def _ratio(key: str, small: bytes, large: bytes, limits: Limits) -> tuple[float,
 )
 def test_doubling_the_input_at_most_2_3x_the_time(shape, n):
     key, build = SHAPES[shape]
+    # grow n until one run takes 0.15 s: at a few tens of ms, page faults of fresh large buffers and a
+    # busy neighbour's cache traffic swung single ratios past 3x on this 2-core machine
+    for _ in range(4):
+        if _best(partial(_run, key, build(n), Limits()), runs=1) >= 0.15:
+            break
+        n *= 2
     ratio, t1, t2 = _ratio(key, build(n), build(2 * n), Limits())
     if t2 < 0.02:  # too quick to time; a super-linear step would take seconds at these sizes
         return
