@@ -18,7 +18,9 @@ from rag_shared.chunking import chunk_text
 
 from bench.hostile import SHAPES
 
-BOUND = 2.3
+# ~2x for a linear step; a quadratic one shows ~4x. 2.3 flaked in full CI runs (2.35x, 2.44x on html
+# text and headings while the 900 MB test process was hot), so the bound sits between the two.
+BOUND = 3.0
 
 
 def _run(key: str, data: bytes, limits: Limits) -> None:
