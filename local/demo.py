@@ -122,7 +122,12 @@ def run(args: argparse.Namespace) -> int:
             stack.keep_indexing(mirror)
             try:
                 print(serve_instructions(stack, stack.env["AWS_ENDPOINT_URL"]), flush=True)
-                threading.Event().wait()
+                idle = threading.Event()
+                # Wake twice a second: a signal is delivered to any thread of the process, and a main
+                # thread blocked in a wait with no timeout runs the Python handler (the SIGTERM ->
+                # KeyboardInterrupt below) only when it next wakes, which could be never.
+                while not idle.wait(0.5):
+                    pass
             except KeyboardInterrupt:
                 pass
     print("\nLocal stack stopped.")

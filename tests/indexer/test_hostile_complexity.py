@@ -1,8 +1,9 @@
-"""Doubling a hostile input at most ~2.3x the time, for each extractor and the chunker.
+"""Doubling a hostile input at most ~2.5x the time, for each extractor and the chunker.
 
-CPU time of this process (``time.process_time``), best of 3 at n and 2n, so other processes on a
-busy machine do not count; a ratio over the bound is measured up to three times more before failing. A
-quadratic step shows ~4x and fails either way.
+CPU time of this process (``time.process_time``), so other processes on a busy machine do not count;
+runs at n and 2n alternate (3 pairs, best of each), so a load change between them skews both alike,
+and a ratio over the bound is measured up to three more pairs before failing. A linear step shows
+~2x (2.0-2.2x measured under load with 8 other jobs), a quadratic one ~4x and fails either way.
 """
 
 from __future__ import annotations
@@ -18,9 +19,10 @@ from rag_shared.chunking import chunk_text
 
 from bench.hostile import SHAPES
 
-# ~2x for a linear step; a quadratic one shows ~4x. 2.3 flaked in full CI runs (2.35x, 2.44x on html
-# text and headings while the 900 MB test process was hot), so the bound sits between the two.
-BOUND = 3.0
+# ~2x for a linear step; a quadratic one shows ~4x. Timing all runs at n before all runs at 2n flaked
+# past 2.3x in full CI runs (2.35x, 2.44x: the machine's load changed between the two series);
+# alternating them brought the worst of 11 shapes under load to 2.17x.
+BOUND = 2.5
 
 
 def _run(key: str, data: bytes, limits: Limits) -> None:
@@ -32,7 +34,7 @@ def _run(key: str, data: bytes, limits: Limits) -> None:
         pass
 
 
-def _best(fn: Callable[[], None], runs: int = 3) -> float:
+def _best(fn: Callable[[], None], runs: int = 1) -> float:
     """Best CPU time of ``runs``, with the cyclic collector paused while timing: late in a full run
     this process holds hundreds of MB from other tests, and one gen-2 collection over that heap
     landing inside a 0.1 s measurement doubled it (a spurious 2.3x+ in CI). What the extractor
@@ -51,10 +53,10 @@ def _best(fn: Callable[[], None], runs: int = 3) -> float:
 
 
 def _ratio(key: str, small: bytes, large: bytes, limits: Limits) -> tuple[float, float, float]:
-    t1 = _best(lambda: _run(key, small, limits))
-    t2 = _best(lambda: _run(key, large, limits))
-    for _ in range(3):  # over the bound on a busy machine: measure again, keep the best of all
-        if t2 / t1 <= BOUND:
+    """Best time at n and at 2n over alternating runs (3 pairs, up to 3 more while over the bound)."""
+    t1 = t2 = float("inf")
+    for pair in range(6):
+        if pair >= 3 and t2 / t1 <= BOUND:
             break
         t1 = min(t1, _best(lambda: _run(key, small, limits)))
         t2 = min(t2, _best(lambda: _run(key, large, limits)))
@@ -77,7 +79,7 @@ def _ratio(key: str, small: bytes, large: bytes, limits: Limits) -> tuple[float,
         ("pdf high-ratio stream", 30_000),  # inflated content; extracted and chunked
     ],
 )
-def test_doubling_the_input_at_most_2_3x_the_time(shape, n):
+def test_doubling_the_input_at_most_2_5x_the_time(shape, n):
     key, build = SHAPES[shape]
     # grow n until one run takes 0.15 s: at a few tens of ms, page faults of fresh large buffers and a
     # busy neighbour's cache traffic swung single ratios past 3x on this 2-core machine
