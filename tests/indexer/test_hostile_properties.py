@@ -219,3 +219,13 @@ def test_event_parser_sweep_with_an_action_field():
 def test_event_parser_deeply_nested_body():
     with pytest.raises(BadEvent):
         parse_notification("[" * 100_000)
+
+
+def test_a_chunk_after_a_blank_unit_never_restarts_where_the_last_began():
+    """Found by the property above (seed-dependent): a blank leading unit was the only one the overlap
+    dropped, so the next chunk held the whole previous one and began at the same offset."""
+    text = "\n00000;\r00000000000000000000000000"
+    for overlap in range(32):
+        chunks = list(chunk_text(text, size=32, overlap=overlap))
+        assert all(b.start > a.start for a, b in zip(chunks, chunks[1:], strict=False)), (overlap, chunks)
+        assert chunks[-1].end == len(text)

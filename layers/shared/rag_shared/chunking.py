@@ -131,9 +131,14 @@ def chunk_text(text: str, *, size: int = 400, overlap: int = 60, markdown: bool 
             chunk = emit()
             if chunk:
                 yield chunk
-            emitted_upto = window[-1][1]
-            # keep a tail of whole units as overlap
-            while window and (window_tokens > overlap or window_tokens + piece[2] > size):
+            emitted_upto, emitted_from = window[-1][1], window[0][0]
+            # Keep a tail of whole units as overlap, but not one that drops only blank units: it would
+            # hold the whole chunk again, and the next chunk would start where this one did.
+            while window and (
+                window_tokens > overlap
+                or window_tokens + piece[2] > size
+                or (chunk is not None and not text[emitted_from : window[0][0]].strip())
+            ):
                 window_tokens -= window.popleft()[2]
         window.append(piece)
         window_tokens += piece[2]
