@@ -53,7 +53,7 @@ def test_every_native_extension_matches_the_architecture(built):
     assert not wrong, f"built for another architecture than {arch}: {wrong}"
     names = {lib.name.split(".")[0] for lib in libraries}
     # the compiled wheels the layer depends on are there (so the check above is not vacuous)
-    assert {"_pydantic_core", "orjson", "jiter"} <= names, names
+    assert {"_pydantic_core", "orjson"} <= names, names
 
 
 @BUILD_TIMEOUT

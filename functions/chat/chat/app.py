@@ -236,7 +236,7 @@ def merge_tool_calls(calls: dict[int, dict[str, Any]], pieces: tuple[dict[str, A
 
 
 def warm_up(deps: ChatDeps) -> None:
-    """Pay for the openai SDK import (~0.35 s) and the key lookup while the app starts, not in the
+    """Pay for the key lookup and the HTTP client while the app starts, not in the
     first request: the Web Adapter holds requests until start-up is done, and Lambda gives the init
     phase burst CPU. A failure here is only logged: the first request tries again and reports it."""
     try:

@@ -1,12 +1,13 @@
-"""DashScope client over its OpenAI-compatible API.
+"""DashScope client over its OpenAI-compatible API, with httpx + orjson.
 
-Embeddings and non-streaming chat go through the ``openai`` SDK, whose retries apply: exponential
-backoff with jitter on 408/409/429/5xx, timeouts and connection errors, honouring ``Retry-After``;
-other 4xx are not retried. The chat *stream* is read with httpx + httpx-sse + orjson: building
-the SDK's pydantic models for every chunk was ~29% of a stream's CPU (issue 14); the same retry
-policy is applied here before the first byte. What is left after the retries is mapped to the
-exception classes in :mod:`rag_shared.errors`. A 401 makes the client re-read the key once (a
-rotated secret) before giving up.
+Every call (embeddings, non-streaming chat, the chat stream) is sent with the openai SDK's retry
+policy, kept here: exponential backoff with jitter on 408/409/429/5xx, timeouts and connection
+errors, honouring ``Retry-After``; other 4xx are not retried. The SDK itself is not used: its
+pydantic models per response and per stream chunk were ~29% of a stream's CPU (issue 14), its
+import ~0.35 s of a cold start, and with its own httpx fork it was ~35 MB of the layer (with
+bytecode), most of the 50 MB budget. What is left after the retries is mapped to the exception
+classes in :mod:`rag_shared.errors`, raised from the HTTP error that caused it. A 401 makes the
+client re-read the key once (a rotated secret) before giving up.
 """
 
 from __future__ import annotations
@@ -17,10 +18,9 @@ import hashlib
 import random
 import threading
 import time
-from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncGenerator, Mapping, Sequence
 from dataclasses import dataclass, field
-from types import ModuleType
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any
 
 import httpx
 import orjson
@@ -43,21 +43,8 @@ from rag_shared.errors import (
 from rag_shared.secrets import ApiKeyProvider
 from rag_shared.usage import Usage, chat_usage, embedding_usage
 
-if TYPE_CHECKING:
-    import openai
-
 WORKSPACE_HEADER = "X-DashScope-WorkSpace"
 
-
-def _sdk() -> ModuleType:
-    """The openai SDK, imported on first use: it is ~0.35 s of the cold start, and deletes, replayed
-    events, skipped files, health checks and refused requests never need it."""
-    import openai
-
-    return openai
-
-
-T = TypeVar("T")
 
 Message = dict[str, Any]
 
@@ -80,21 +67,31 @@ _CONTEXT_MARKERS = ("range of input length", "maximum context length", "input le
 
 
 def map_error(exc: Exception, *, region: Region | None = None, key_source: str = "") -> RagError:
-    """Turn an SDK exception into one of ours, with a message a user can act on."""
+    """Turn a transport or HTTP failure into one of ours, with a message a user can act on."""
     if isinstance(exc, RagError):
         return exc
-    openai = _sdk()
-    request_id = getattr(exc, "request_id", None)
-    if isinstance(exc, openai.APITimeoutError):
-        return ServiceUnavailableError("DashScope timed out after retries", request_id=request_id)
-    if isinstance(exc, openai.APIConnectionError):
-        return ServiceUnavailableError("could not reach DashScope after retries", request_id=request_id)
-    if not isinstance(exc, openai.APIStatusError):
-        return ServiceUnavailableError(f"DashScope stream interrupted ({type(exc).__name__})")
-    code, message = _error_fields(exc.body)
-    return map_status(
-        exc.status_code, code, message or exc.message, region=region, key_source=key_source, request_id=request_id
-    )
+    if isinstance(exc, httpx.TimeoutException):
+        return ServiceUnavailableError("DashScope timed out after retries")
+    if isinstance(exc, httpx.HTTPStatusError):
+        response = exc.response
+        raw = response.content if response.is_closed else b""
+        code, message = _error_fields(_loads_or_none(raw))
+        return map_status(
+            response.status_code,
+            code,
+            message or raw[:200].decode("utf-8", "replace"),
+            region=region,
+            key_source=key_source,
+            request_id=_request_id(response),
+        )
+    if isinstance(exc, httpx.TransportError):
+        return ServiceUnavailableError("could not reach DashScope after retries")
+    return ServiceUnavailableError(f"DashScope stream interrupted ({type(exc).__name__})")
+
+
+def _request_id(response: httpx.Response) -> str | None:
+    rid = response.headers.get("x-request-id") or response.headers.get("x-dashscope-request-id")
+    return str(rid) if rid else None
 
 
 def map_status(
@@ -210,9 +207,11 @@ def chat_request(
     return kwargs
 
 
-def chat_body(messages: Sequence[Message], model: GeneratorModel, params: ChatParams) -> dict[str, Any]:
-    """The JSON body of a streaming call (the SDK's ``extra_body`` merged in, as the SDK does)."""
-    kwargs = chat_request(messages, model, params, stream=True)
+def chat_body(
+    messages: Sequence[Message], model: GeneratorModel, params: ChatParams, *, stream: bool = True
+) -> dict[str, Any]:
+    """The JSON body of a call (``extra_body`` merged in, as the openai SDK does)."""
+    kwargs = chat_request(messages, model, params, stream=stream)
     return {**kwargs, **kwargs.pop("extra_body", {})}
 
 
@@ -290,164 +289,185 @@ class DashScopeClient:
         self._max_retries = settings.dashscope_max_retries if max_retries is None else max_retries
         self._timeout = timeout or settings.dashscope_timeout_seconds
         self._lock = threading.Lock()
-        self._sync: tuple[str, openai.OpenAI] | None = None
-        self._async: tuple[str, openai.AsyncOpenAI] | None = None
-        self._http_client: tuple[str, asyncio.AbstractEventLoop, httpx.AsyncClient] | None = None
-
-    def _client_args(self, key: str) -> dict[str, Any]:
-        headers = {}
-        if self.settings.dashscope_workspace_id:
-            headers[WORKSPACE_HEADER] = self.settings.dashscope_workspace_id
-        return {
-            "api_key": key,
-            "base_url": self.settings.base_url,
-            "max_retries": self._max_retries,
-            "timeout": self._timeout,
-            "default_headers": headers,
-        }
+        self._sync: tuple[str, httpx.Client] | None = None
+        self._async: tuple[str, asyncio.AbstractEventLoop | None, httpx.AsyncClient] | None = None
 
     @staticmethod
     def _fingerprint(key: str) -> str:
         return hashlib.sha256(key.encode()).hexdigest()
 
-    def sync_client(self) -> openai.OpenAI:
+    def _client_args(self, key: str) -> dict[str, Any]:
+        headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
+        if self.settings.dashscope_workspace_id:
+            headers[WORKSPACE_HEADER] = self.settings.dashscope_workspace_id
+        return {
+            "base_url": self.settings.base_url,
+            "headers": headers,
+            # the openai SDK's defaults: a long read timeout, a short connect timeout, a big pool
+            "timeout": httpx.Timeout(self._timeout, connect=min(self._timeout, 5.0)),
+            "limits": httpx.Limits(max_connections=1000, max_keepalive_connections=100),
+        }
+
+    def sync_client(self) -> httpx.Client:
+        """The pooled client for the current key (thread-safe; rebuilt when the key changes)."""
         key = self.keys.get().get_secret_value()
         fp = self._fingerprint(key)
         with self._lock:
             if self._sync is None or self._sync[0] != fp:
-                self._sync = (fp, _sdk().OpenAI(**self._client_args(key)))
+                self._sync = (fp, httpx.Client(**self._client_args(key)))
             return self._sync[1]
 
-    def async_client(self) -> openai.AsyncOpenAI:
+    def async_client(self) -> httpx.AsyncClient:
+        """The pooled client for the current key and event loop (connections belong to their loop).
+        Outside a running loop (warming up at start) it is built for the loop that runs next."""
         key = self.keys.get().get_secret_value()
         fp = self._fingerprint(key)
+        try:
+            loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            loop = None
         with self._lock:
-            if self._async is None or self._async[0] != fp:
-                self._async = (fp, _sdk().AsyncOpenAI(**self._client_args(key)))
-            return self._async[1]
+            cached = self._async
+            if cached is None or cached[0] != fp or (cached[1] is not None and cached[1] is not loop):
+                cached = self._async = (fp, loop, httpx.AsyncClient(**self._client_args(key)))
+            elif cached[1] is None and loop is not None:  # built while warming up: this loop adopts it
+                cached = self._async = (fp, loop, cached[2])
+            return cached[2]
 
-    def _map(self, exc: Exception) -> RagError:
-        return map_error(exc, region=self.settings.region, key_source=self.keys.source)
+    def _verdict(self, response: httpx.Response, attempt: int, reread: bool) -> tuple[RagError, bool]:
+        """What a non-200 answer means: our error (raised from the HTTP error, which keeps the
+        status and ``Retry-After`` for the embedder's pacer), and whether to try again."""
+        code, message = _error_fields(_loads_or_none(response.content))
+        failure = map_status(
+            response.status_code,
+            code,
+            message or response.content[:200].decode("utf-8", "replace"),
+            region=self.settings.region,
+            key_source=self.keys.source,
+            request_id=_request_id(response),
+        )
+        failure.__cause__ = httpx.HTTPStatusError(
+            f"DashScope answered {response.status_code}", request=response.request, response=response
+        )
+        if response.status_code == 401 and reread:
+            self.keys.invalidate()  # a rotated secret: read it again, once
+            return failure, True
+        return failure, response.status_code in _RETRY_STATUSES and attempt < self._max_retries
 
-    def _after_failure(self, exc: Exception, attempt: int) -> None:
-        """Return to try again: after a first 401 with a key from Secrets Manager, which may have
-        been rotated (the next call re-reads it). Anything else is raised as one of our errors."""
-        if isinstance(exc, _sdk().AuthenticationError) and attempt == 1 and self.keys.source != "DASHSCOPE_API_KEY":
-            self.keys.invalidate()
-            return
-        raise self._map(exc) from None
-
-    def _call(self, fn: Callable[[openai.OpenAI], T]) -> T:
-        for attempt in (1, 2):
+    def _post(self, path: str, body: dict[str, Any], *, max_retries: int | None = None) -> bytes:
+        """POST JSON and return the 200 body, retrying as the SDK does."""
+        content = orjson.dumps(body)
+        reread = self.keys.source != "DASHSCOPE_API_KEY"
+        retries = self._max_retries if max_retries is None else max_retries
+        attempt = 0
+        while True:
+            headers: Mapping[str, str] = {}
             try:
-                return fn(self.sync_client())
-            except _sdk().APIError as exc:
-                self._after_failure(exc, attempt)
-        raise AssertionError("unreachable")
+                response = self.sync_client().post(path, content=content)
+            except httpx.TimeoutException as exc:
+                failure: RagError = ServiceUnavailableError("DashScope timed out after retries")
+                failure.__cause__ = exc
+            except httpx.TransportError as exc:
+                failure = ServiceUnavailableError("could not reach DashScope after retries")
+                failure.__cause__ = exc
+            else:
+                if response.status_code == 200:
+                    return response.content
+                failure, again = self._verdict(response, attempt, reread)
+                if response.status_code == 401 and again:
+                    reread = False
+                    continue
+                if not again:
+                    raise failure
+                headers = response.headers
+            if attempt >= retries:
+                raise failure
+            time.sleep(retry_delay(attempt, headers))
+            attempt += 1
 
-    async def _acall(self, fn: Callable[[openai.AsyncOpenAI], Awaitable[T]]) -> T:
-        for attempt in (1, 2):
+    async def _send(
+        self, path: str, body: dict[str, Any], *, stream: bool = False, max_retries: int | None = None
+    ) -> httpx.Response:
+        """POST JSON and return the 200 response (open, when ``stream``), retrying until then."""
+        content = orjson.dumps(body)
+        reread = self.keys.source != "DASHSCOPE_API_KEY"
+        retries = self._max_retries if max_retries is None else max_retries
+        accept = {"Accept": "text/event-stream"} if stream else {}
+        attempt = 0
+        while True:
+            headers: Mapping[str, str] = {}
+            client = self.async_client()
             try:
-                return await fn(self.async_client())
-            except _sdk().APIError as exc:
-                self._after_failure(exc, attempt)
-        raise AssertionError("unreachable")
+                response = await client.send(
+                    client.build_request("POST", path, content=content, headers=accept), stream=stream
+                )
+            except httpx.TimeoutException as exc:
+                failure: RagError = ServiceUnavailableError("DashScope timed out after retries")
+                failure.__cause__ = exc
+            except httpx.TransportError as exc:
+                failure = ServiceUnavailableError("could not reach DashScope after retries")
+                failure.__cause__ = exc
+            else:
+                if response.status_code == 200:
+                    return response
+                if stream:
+                    await response.aread()
+                    await response.aclose()
+                failure, again = self._verdict(response, attempt, reread)
+                if response.status_code == 401 and again:
+                    reread = False
+                    continue
+                if not again:
+                    raise failure
+                headers = response.headers
+            if attempt >= retries:
+                raise failure
+            await asyncio.sleep(retry_delay(attempt, headers))
+            attempt += 1
 
-    # embeddings
-
-    # The SDK sends the request (retries, error classes); the body is parsed with orjson: the
-    # SDK's model parsing of 25 x 1536 floats cost several times json.loads (~9 ms; orjson ~1.5 ms),
-    # and with 8 calls in flight that CPU, serialised by the GIL, was the indexer's bottleneck.
+    # embeddings: the body is parsed with orjson (the SDK's models for 25 x 1536 floats cost ~9 ms
+    # a call, orjson ~1.5 ms; with 8 calls in flight that CPU, serialised by the GIL, was the
+    # indexer's bottleneck)
 
     def embed_batch(self, texts: Sequence[str], model: EmbeddingModel, dimensions: int) -> EmbeddingBatch:
-        request = embedding_request(texts, model, dimensions)
-        raw = self._call(lambda c: c.embeddings.with_raw_response.create(**request))
-        return _embedding_batch(_embedding_json(raw.content, model), model, len(texts))
+        raw = self._post("/embeddings", embedding_request(texts, model, dimensions))
+        return _embedding_batch(_embedding_json(raw, model), model, len(texts))
 
     async def aembed_batch(self, texts: Sequence[str], model: EmbeddingModel, dimensions: int) -> EmbeddingBatch:
-        request = embedding_request(texts, model, dimensions)
-        raw = await self._acall(lambda c: c.embeddings.with_raw_response.create(**request))
-        return _embedding_batch(_embedding_json(raw.content, model), model, len(texts))
+        response = await self._send("/embeddings", embedding_request(texts, model, dimensions))
+        return _embedding_batch(_embedding_json(response.content, model), model, len(texts))
 
     # chat
 
     def complete(self, messages: Sequence[Message], model: GeneratorModel, params: ChatParams) -> Completion:
-        request = chat_request(messages, model, params, stream=False)
-        response = self._call(lambda c: c.chat.completions.create(**request))
-        choice = response.choices[0]
-        u = response.usage
-        usage = chat_usage(model, u.prompt_tokens, u.completion_tokens) if u else Usage(calls=1)
-        reasoning = (choice.message.model_extra or {}).get("reasoning_content") or ""
-        return Completion(choice.message.content or "", reasoning, usage, choice.finish_reason)
+        raw = self._post("/chat/completions", chat_body(messages, model, params, stream=False))
+        return _completion(_loads_or_none(raw), model)
 
-    # the chat stream, over httpx
+    async def acomplete(
+        self,
+        messages: Sequence[Message],
+        model: GeneratorModel,
+        params: ChatParams,
+        *,
+        call_timeout: float | None = None,
+        max_retries: int | None = None,
+    ) -> Completion:
+        """One non-streaming answer (short helper calls such as rewriting a follow-up question):
+        ``call_timeout`` (seconds for the whole call, retries included) and ``max_retries`` bound it
+        tighter than the client's defaults."""
+        call = self._send(
+            "/chat/completions", chat_body(messages, model, params, stream=False), max_retries=max_retries
+        )
+        try:
+            response = await (asyncio.wait_for(call, call_timeout) if call_timeout is not None else call)
+        except TimeoutError as exc:
+            raise ServiceUnavailableError(f"DashScope did not answer within {call_timeout} s") from exc
+        return _completion(_loads_or_none(response.content), model)
 
-    def _http(self, key: str) -> httpx.AsyncClient:
-        """One pooled httpx client per key and event loop (connections belong to their loop)."""
-        fp, loop = self._fingerprint(key), asyncio.get_running_loop()
-        with self._lock:
-            cached = self._http_client
-            if cached is None or cached[0] != fp or cached[1] is not loop:
-                headers = {"Authorization": f"Bearer {key}", "Accept": "text/event-stream"}
-                if self.settings.dashscope_workspace_id:
-                    headers[WORKSPACE_HEADER] = self.settings.dashscope_workspace_id
-                client = httpx.AsyncClient(
-                    base_url=self.settings.base_url,
-                    headers=headers,
-                    # the SDK's own defaults: a long read timeout, a short connect timeout, a big pool
-                    timeout=httpx.Timeout(self._timeout, connect=min(self._timeout, 5.0)),
-                    limits=httpx.Limits(max_connections=1000, max_keepalive_connections=100),
-                )
-                cached = self._http_client = (fp, loop, client)
-            return cached[2]
+    # the chat stream
 
     async def _open_stream(self, body: dict[str, Any]) -> httpx.Response:
-        """POST the streaming call; retry like the SDK until the first byte (see :func:`retry_delay`)."""
-        content = orjson.dumps(body)
-        reread = self.keys.source != "DASHSCOPE_API_KEY"
-        attempt = 0
-        while True:
-            key = self.keys.get().get_secret_value()
-            client = self._http(key)
-            failure: RagError
-            delay_headers: Mapping[str, str] = {}
-            try:
-                response = await client.send(
-                    client.build_request(
-                        "POST", "/chat/completions", content=content, headers={"Content-Type": "application/json"}
-                    ),
-                    stream=True,
-                )
-            except httpx.TimeoutException:
-                failure = ServiceUnavailableError("DashScope timed out after retries")
-            except httpx.TransportError:
-                failure = ServiceUnavailableError("could not reach DashScope after retries")
-            else:
-                if response.status_code == 200:
-                    return response
-                raw = await response.aread()
-                await response.aclose()
-                rid = response.headers.get("x-request-id") or response.headers.get("x-dashscope-request-id")
-                code, message = _error_fields(_loads_or_none(raw))
-                failure = map_status(
-                    response.status_code,
-                    code,
-                    message or raw[:200].decode("utf-8", "replace"),
-                    region=self.settings.region,
-                    key_source=self.keys.source,
-                    request_id=rid,
-                )
-                if response.status_code == 401 and reread:
-                    reread = False  # a rotated secret: read it again, once
-                    self.keys.invalidate()
-                    continue
-                if response.status_code not in _RETRY_STATUSES:
-                    raise failure
-                delay_headers = response.headers
-            if attempt >= self._max_retries:
-                raise failure
-            await asyncio.sleep(retry_delay(attempt, delay_headers))
-            attempt += 1
+        return await self._send("/chat/completions", body, stream=True)
 
     async def stream(
         self, messages: Sequence[Message], model: GeneratorModel, params: ChatParams
@@ -576,3 +596,20 @@ def _embedding_batch(body: Any, model: EmbeddingModel, expected: int) -> Embeddi
         raise DashScopeError(f"{model.name} returned {len(vectors)} vectors for {expected} texts")
     tokens = int((body.get("usage") or {}).get("total_tokens") or 0)
     return EmbeddingBatch(vectors, embedding_usage(model, tokens))
+
+
+def _completion(body: Any, model: GeneratorModel) -> Completion:
+    """A non-streaming chat answer from its OpenAI-shaped body."""
+    try:
+        choice = body["choices"][0]
+        message = choice.get("message") or {}
+    except (KeyError, IndexError, TypeError):
+        raise DashScopeError(f"{model.name} returned a chat response of unexpected shape") from None
+    u = body.get("usage") or {}
+    usage = (
+        chat_usage(model, int(u.get("prompt_tokens") or 0), int(u.get("completion_tokens") or 0))
+        if u
+        else Usage(calls=1)
+    )
+    reasoning = message.get("reasoning_content") or ""
+    return Completion(message.get("content") or "", reasoning, usage, choice.get("finish_reason"))

@@ -2,7 +2,7 @@
 
 Every secret the process loads is registered here; a log-record factory replaces it with
 ``***`` in the message, its arguments and any exception text, for every logger in the process
-(ours, botocore's, openai's), so a debug log of a request can never leak the key: as is,
+(ours, botocore's, httpx's), so a debug log of a request can never leak the key: as is,
 JSON-escaped, in a bytes repr, or URL-encoded (``tests/shared/test_log_redaction.py``).
 """
 
@@ -113,7 +113,6 @@ WIRE_LOGGERS = (
     "botocore",
     "boto3",
     "s3transfer",
-    "openai",
     "httpx",
     "httpcore",
     "httpx2",
