@@ -195,6 +195,11 @@ def analyze(text: str) -> list[str]:
 # per-shard statistics (the chunk index has one shard).
 BM25_K1 = 1.2
 BM25_B = 0.75
+# indices.query.bool.max_clause_count, "the maximum product of fields and terms that are queryable
+# simultaneously", 1,024 by default (documentation-website configuring-opensearch/index-settings.md);
+# over it a search fails with root cause too_many_clauses, "maxClauseCount is set to 1024", answered
+# as HTTP 500 search_phase_execution_exception (the error body quoted in linagora/tmail-flutter#2809).
+MAX_CLAUSE_COUNT = 1024
 NUMERIC = {"long", "integer", "short", "byte", "double", "float", "half_float", "scaled_float", "unsigned_long"}
 
 
@@ -288,7 +293,16 @@ class Evaluator:
         unknown = set(opts) - {"query", "operator", "boost", "analyzer"}
         if unknown:
             raise Refused(400, "parsing_exception", f"[match] query does not support [{sorted(unknown)[0]}]")
+        self._check_clauses(len(analyze(str(opts["query"]))), 1)
         return self._field_match(fname, opts["query"], str(opts.get("operator", "or")).lower(), doc, doc_id)
+
+    @staticmethod
+    def _check_clauses(terms: int, fields: int) -> None:
+        if terms * fields > MAX_CLAUSE_COUNT:
+            reason = f"maxClauseCount is set to {MAX_CLAUSE_COUNT}"
+            exc = Refused(500, "search_phase_execution_exception", "all shards failed")
+            exc.body["error"]["root_cause"] = [{"type": "too_many_clauses", "reason": reason}]
+            raise exc
 
     def _field_match(self, fname: str, query: Any, operator: str, doc: dict[str, Any], doc_id: str) -> float | None:
         ftype = field_type(self.mappings, fname)
@@ -305,6 +319,7 @@ class Evaluator:
             )
         if "query" not in spec:
             raise Refused(400, "parsing_exception", "No text specified for multi_match query")
+        self._check_clauses(len(analyze(str(spec["query"]))), len(spec.get("fields") or ["*"]))
         best: float | None = None
         for entry in spec.get("fields") or ["*"]:
             fname, _, boost = str(entry).partition("^")

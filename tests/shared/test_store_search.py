@@ -8,6 +8,7 @@ import math
 from typing import Any
 
 import pytest
+from opensearchpy.exceptions import TransportError
 from rag_shared.commits import Commit, CommitStore
 from rag_shared.config import load_settings
 from rag_shared.store import ChunkDoc, SearchFilter, ServerlessStore, VectorStore, index_body, make_client
@@ -275,3 +276,17 @@ def test_an_existing_index_gets_the_metadata_templates(
     assert _keys(store.search(Q, 5, exact)) == ["a.md"]
     partial = SearchFilter.model_validate({"metadata": {"equals": {"key": "team", "value": "core"}}})
     assert store.search(Q, 5, partial) == []  # a keyword matches whole values only
+
+
+def test_a_long_question_is_clipped_under_the_clause_limit(indexed: VectorStore) -> None:
+    """OpenSearch refuses a match of more than 1,024 fields x terms (the stand-in too): the keyword leg
+    sends the question's first MAX_QUERY_TERMS terms, so a 32,000-character question still searches."""
+    question = "E-4012 " + " ".join(f"filler{i}" for i in range(3000))
+    assert _keys(indexed.search(None, 2, text=question, search_type="keyword")) == ["eng/errors.md"]
+    assert _keys(indexed.search(Q, 1, text="出差" * 2000, search_type="hybrid")) == ["policy/travel.md"]
+    with pytest.raises(TransportError) as info:  # the same question unclipped: what clipping avoids
+        indexed.client.search(
+            index=indexed.index,
+            body={"query": {"multi_match": {"query": question, "fields": ["text", "heading"]}}},
+        )
+    assert info.value.status_code == 500

@@ -232,3 +232,17 @@ def test_queries_opensearch_refuses(meta: httpx.Client, query: dict[str, Any], e
     assert resp.status_code == 400
     assert resp.json()["error"]["type"] == etype
     assert reason in resp.json()["error"]["reason"]
+
+
+def test_a_match_over_max_clause_count_fails_the_search(http: httpx.Client) -> None:
+    _put(http, {"1": {"body": "w1 w2"}}, {"properties": {"body": {"type": "text"}, "title": {"type": "text"}}})
+    words = " ".join(f"w{i}" for i in range(513))  # 513 terms x 2 fields > 1,024
+    resp = http.post("/idx/_search", json={"query": {"multi_match": {"query": words, "fields": ["body", "title"]}}})
+    assert resp.status_code == 500
+    assert resp.json()["error"]["root_cause"][0] == {
+        "type": "too_many_clauses",
+        "reason": "maxClauseCount is set to 1024",
+    }
+    ok = " ".join(f"w{i}" for i in range(512))
+    resp = http.post("/idx/_search", json={"query": {"multi_match": {"query": ok, "fields": ["body", "title"]}}})
+    assert resp.status_code == 200 and resp.json()["hits"]["hits"][0]["_id"] == "1"

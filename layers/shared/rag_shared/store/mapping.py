@@ -35,10 +35,12 @@ GUARD = "strict"
 # date would be mapped ``date`` by date detection, so that JSON type is kept a keyword too (ISO dates
 # then range-compare as strings). Numbers and booleans map as dynamic mapping does (long, float,
 # boolean). Dynamic templates apply to new fields only, in order, first match wins
-# (documentation-website _mappings/dynamic-templates.md; match_mapping_type, path_match). A PUT
-# _mapping may carry ``dynamic_templates`` (the Put Mapping API body, index-apis/put-mapping.md),
-# which OpenSearch Serverless allows with aoss:UpdateIndex (AWS serverless-genref.md), so an index
-# created before this template gets it in place.
+# (documentation-website _mappings/dynamic-templates.md; match_mapping_type, path_match). They are
+# part of an index's mapping ("the dynamic_templates array of an index mapping", same page), and the
+# Put Mapping API updates an existing mapping (index-apis/put-mapping.md, whose stored copy shows only
+# ``properties`` in its example: the in-place update is modelled by the stand-in, not yet checked on
+# a live cluster). PUT _mapping is aoss:UpdateIndex on Serverless (AWS serverless-genref.md), so an
+# index created before this template gets it in place.
 DYNAMIC_TEMPLATES: list[dict[str, Any]] = [
     {
         f"{METADATA_FIELD}_{kind}_as_keyword": {

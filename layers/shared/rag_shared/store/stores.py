@@ -151,7 +151,10 @@ class VectorStore:
             return
         log.info("adding metadata dynamic templates to index %s", self.index)
         body = metadata_mapping()
-        self._retry("add metadata mapping", lambda: self.client.indices.put_mapping(index=self.index, body=body))
+        try:
+            self._retry("add metadata mapping", lambda: self.client.indices.put_mapping(index=self.index, body=body))
+        except StoreError as exc:  # indexing still works; metadata strings then map as text + keyword
+            log.warning("could not add the metadata dynamic templates to %s: %s", self.index, exc)
 
     def engine_for_cluster(self) -> str:
         """The engine a new chunk index gets on this cluster (see :func:`choose_engine`)."""
