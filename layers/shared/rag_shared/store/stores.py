@@ -407,7 +407,12 @@ class VectorStore:
             assert vector is not None
             knn = [h for h in knn if h.score >= min_score]
             cosine = {h.id: h.score for h in knn}
-            bm25 = [h for h in bm25 if cosine.get(h.id, h.semantic_score or -1.0) >= min_score]
+            unknown = -1.0  # a hit without a stored vector cannot show it is relevant enough
+            bm25 = [
+                h
+                for h in bm25
+                if cosine.get(h.id, h.semantic_score if h.semantic_score is not None else unknown) >= min_score
+            ]
         passed = len({h.id for h in [*knn, *bm25]})
         if search_type == "semantic":
             hits = knn[:k]
