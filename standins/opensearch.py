@@ -116,12 +116,19 @@ def flat_settings(settings: dict[str, Any], prefix: str = "") -> dict[str, str]:
 
 
 def merge_mappings(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
-    """Template mappings under the request's: the create-index request wins field by field."""
+    """Template mappings under the request's: the create-index request wins field by field, and
+    an object field's own properties merge the same way (a PUT _mapping adding ``{"type": "object"}``
+    keeps the fields already under it). ``dynamic_templates`` are replaced as a whole."""
     out = copy.deepcopy(base)
     for k, v in over.items():
         if k == "properties" and isinstance(v, dict):
             props = out.setdefault("properties", {})
-            props.update(copy.deepcopy(v))
+            for fname, spec in v.items():
+                old = props.get(fname)
+                if isinstance(old, dict) and isinstance(spec, dict) and ("properties" in old or "properties" in spec):
+                    props[fname] = merge_mappings(old, spec)
+                else:
+                    props[fname] = copy.deepcopy(spec)
         else:
             out[k] = copy.deepcopy(v)
     return out
@@ -159,44 +166,298 @@ def score(space: str, q: list[float], v: list[float]) -> float:
     raise ValueError(space)
 
 
-def matches(query: dict[str, Any] | None, doc: dict[str, Any], doc_id: str) -> bool:
-    """The query-DSL subset the product sends."""
-    if not query:
-        return True
-    ((kind, spec),) = query.items()
-    if kind == "match_all":
-        return True
-    if kind == "bool":
-        musts = _as_list(spec.get("must")) + _as_list(spec.get("filter"))
-        if not all(matches(q, doc, doc_id) for q in musts):
-            return False
-        if any(matches(q, doc, doc_id) for q in _as_list(spec.get("must_not"))):
-            return False
-        shoulds = _as_list(spec.get("should"))
-        return not shoulds or any(matches(q, doc, doc_id) for q in shoulds)
-    if kind == "ids":
-        return doc_id in spec["values"]
-    ((fname, value),) = spec.items()
-    actual = doc.get(fname)
-    if isinstance(value, dict) and "value" in value:
-        value = value["value"]
-    if kind == "term":
-        return bool(actual == value)
-    if kind == "terms":
-        return actual in value
-    if kind == "prefix":
-        return isinstance(actual, str) and actual.startswith(value)
-    if kind == "range":
-        if actual is None:
-            return False
+# --- analysis and scoring -------------------------------------------------------------------------
+#
+# The standard analyzer, the default for ``text`` fields (documentation-website _analyzers/
+# analyzers/standard.md): the standard tokenizer, which splits on word boundaries per Unicode UAX #29
+# (Lucene StandardTokenizer javadoc), then lowercase; no stop words unless configured (the
+# ``stopwords`` default is ``_none_``). UAX #29 emits each CJK ideograph and hiragana character as a
+# token of its own (Lucene's token types <IDEOGRAPHIC>, <HIRAGANA>: "a single CJKV ideographic
+# character"), so Chinese text matches character by character. Modelled here: runs of word
+# characters, letters/digits joined by ``.`` or ``'`` inside a word (``3.14``, ``don't``), one token per
+# ideograph or hiragana; not modelled: URLs/emails (split as UAX #29 does anyway), the 255-char cap.
+_CJK = "\u3040-\u309f\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0002fa1f"
+_TOKEN = re.compile(rf"[{_CJK}]|[^\W{_CJK}]+(?:[.'][^\W{_CJK}]+)*")
+
+
+def analyze(text: str) -> list[str]:
+    return [t.lower() for t in _TOKEN.findall(text)]
+
+
+# BM25, OpenSearch's default similarity (documentation-website _search-plugins/keyword-search.md,
+# "By default, OpenSearch calculates document scores using the Okapi BM25 algorithm"; similarity.md),
+# as Lucene's BM25Similarity computes it (Lucene 9 javadoc): k1 = 1.2, b = 0.75,
+# idf = ln(1 + (docCount - docFreq + 0.5) / (docFreq + 0.5)), and per term
+# idf * freq / (freq + k1 * (1 - b + b * dl / avgdl)), with docCount the documents that have the field
+# and avgdl its total terms over docCount. A ``match`` sums its terms (a bool of SHOULD term queries);
+# ``multi_match`` (type best_fields, tie_breaker 0) takes the best field. Not modelled: Lucene stores
+# dl lossily in one byte (SmallFloat), so real scores differ in the last digits for long fields;
+# per-shard statistics (the chunk index has one shard).
+BM25_K1 = 1.2
+BM25_B = 0.75
+# indices.query.bool.max_clause_count, "the maximum product of fields and terms that are queryable
+# simultaneously", 1,024 by default (documentation-website configuring-opensearch/index-settings.md);
+# over it a search fails with root cause too_many_clauses, "maxClauseCount is set to 1024", answered
+# as HTTP 500 search_phase_execution_exception (the error body quoted in linagora/tmail-flutter#2809).
+MAX_CLAUSE_COUNT = 1024
+NUMERIC = {"long", "integer", "short", "byte", "double", "float", "half_float", "scaled_float", "unsigned_long"}
+
+
+def field_values(doc: dict[str, Any], path: str) -> list[Any]:
+    """The values at a dotted path, through objects and arrays (OpenSearch flattens both)."""
+    nodes: list[Any] = [doc]
+    for part in path.split("."):
+        nxt: list[Any] = []
+        for node in nodes:
+            for item in node if isinstance(node, list) else [node]:
+                if isinstance(item, dict) and part in item:
+                    value = item[part]
+                    nxt.extend(value if isinstance(value, list) else [value])
+        nodes = nxt
+    if not nodes and path in doc:  # a dotted key stored as such
+        value = doc[path]
+        nodes = value if isinstance(value, list) else [value]
+    return [v for v in nodes if v is not None]
+
+
+def field_type(mappings: dict[str, Any], path: str) -> str | None:
+    """The mapped type at a dotted path (``object`` for an object), or None when unmapped."""
+    node: dict[str, Any] = mappings
+    for part in path.split("."):
+        spec = (node.get("properties") or {}).get(part)
+        if spec is None:
+            return None
+        node = spec
+    return str(node.get("type") or "object")
+
+
+def _shard_error(reason: str) -> Refused:
+    return Refused(400, "query_shard_exception", f"failed to create query: {reason}")
+
+
+class Evaluator:
+    """Matches and scores one query against documents of one index (its mappings and searchable docs)."""
+
+    def __init__(self, mappings: dict[str, Any] | None = None, docs: dict[str, dict[str, Any]] | None = None) -> None:
+        self.mappings = mappings or {}
+        self.docs = docs or {}
+        self._stats: dict[str, tuple[int, float, dict[str, int], dict[str, list[str]]]] = {}
+
+    # field statistics, computed once per field per search
+
+    def _field_stats(self, fname: str) -> tuple[int, float, dict[str, int], dict[str, list[str]]]:
+        if fname not in self._stats:
+            keyword = field_type(self.mappings, fname) != "text"
+            tokens: dict[str, list[str]] = {}
+            for doc_id, doc in self.docs.items():
+                values = field_values(doc, fname)
+                if values:
+                    tokens[doc_id] = (
+                        [_kw(v) for v in values] if keyword else [t for v in values for t in analyze(str(v))]
+                    )
+            df: dict[str, int] = {}
+            for toks in tokens.values():
+                for t in set(toks):
+                    df[t] = df.get(t, 0) + 1
+            total = sum(len(t) for t in tokens.values())
+            self._stats[fname] = (len(tokens), total / len(tokens) if tokens else 0.0, df, tokens)
+        return self._stats[fname]
+
+    def _bm25(self, fname: str, doc_id: str, doc: dict[str, Any], terms: list[str], operator: str) -> float | None:
+        keyword = field_type(self.mappings, fname) != "text"
+        values = field_values(doc, fname)
+        if not values:
+            return None
+        toks = [_kw(v) for v in values] if keyword else [t for v in values for t in analyze(str(v))]
+        doc_count, avgdl, df, _ = self._field_stats(fname)
+        if doc_id not in self.docs:  # a document outside the snapshot (filter context only)
+            doc_count, avgdl = max(doc_count, 1), avgdl or float(len(toks))
+        total, matched = 0.0, 0
+        for term in terms:
+            freq = toks.count(term)
+            if not freq:
+                continue
+            matched += 1
+            n = df.get(term, 1)
+            idf = math.log(1 + (doc_count - n + 0.5) / (n + 0.5))
+            # keyword fields have no norms (index-time length), so b has no effect there
+            norm = 1.0 if keyword or not avgdl else 1 - BM25_B + BM25_B * len(toks) / avgdl
+            total += idf * freq / (freq + BM25_K1 * norm)
+        if not matched or (operator == "and" and matched < len(terms)):
+            return None
+        return total
+
+    def _match(self, spec: dict[str, Any], doc: dict[str, Any], doc_id: str) -> float | None:
+        ((fname, value),) = spec.items()
+        opts = value if isinstance(value, dict) else {"query": value}
+        unknown = set(opts) - {"query", "operator", "boost", "analyzer"}
+        if unknown:
+            raise Refused(400, "parsing_exception", f"[match] query does not support [{sorted(unknown)[0]}]")
+        self._check_clauses(len(analyze(str(opts["query"]))), 1)
+        return self._field_match(fname, opts["query"], str(opts.get("operator", "or")).lower(), doc, doc_id)
+
+    @staticmethod
+    def _check_clauses(terms: int, fields: int) -> None:
+        if terms * fields > MAX_CLAUSE_COUNT:
+            reason = f"maxClauseCount is set to {MAX_CLAUSE_COUNT}"
+            exc = Refused(500, "search_phase_execution_exception", "all shards failed")
+            exc.body["error"]["root_cause"] = [{"type": "too_many_clauses", "reason": reason}]
+            raise exc
+
+    def _field_match(self, fname: str, query: Any, operator: str, doc: dict[str, Any], doc_id: str) -> float | None:
+        ftype = field_type(self.mappings, fname)
+        if ftype == "knn_vector":
+            raise _shard_error(f"Field [{fname}] of type [knn_vector] does not support match queries")
+        terms = analyze(str(query)) if ftype in ("text", None) else [_kw(query)]
+        return self._bm25(fname, doc_id, doc, terms, operator) if terms else None
+
+    def _multi_match(self, spec: dict[str, Any], doc: dict[str, Any], doc_id: str) -> float | None:
+        mtype = spec.get("type", "best_fields")
+        if mtype != "best_fields":
+            raise Refused(
+                400, "illegal_argument_exception", f"stand-in implements multi_match best_fields, not {mtype}"
+            )
+        if "query" not in spec:
+            raise Refused(400, "parsing_exception", "No text specified for multi_match query")
+        self._check_clauses(len(analyze(str(spec["query"]))), len(spec.get("fields") or ["*"]))
+        best: float | None = None
+        for entry in spec.get("fields") or ["*"]:
+            fname, _, boost = str(entry).partition("^")
+            score = self._field_match(fname, spec["query"], str(spec.get("operator", "or")).lower(), doc, doc_id)
+            if score is not None:
+                score *= float(boost or 1)
+                best = score if best is None else max(best, score)
+        return best
+
+    # term-level queries
+
+    def _coerce(self, fname: str, value: Any) -> Any:
+        """A query value as the field's type parses it; a value it cannot parse is refused (400)."""
+        ftype = field_type(self.mappings, fname)
+        if ftype in NUMERIC:
+            if isinstance(value, bool):
+                raise _shard_error(f'For input string: "{str(value).lower()}"')
+            try:
+                return float(value)
+            except (TypeError, ValueError):
+                raise _shard_error(f'For input string: "{value}"') from None
+        if ftype == "boolean":
+            if value in (True, "true"):
+                return True
+            if value in (False, "false"):
+                return False
+            raise _shard_error(f"Can't parse boolean value [{value}], expected [true] or [false]")
+        if ftype == "knn_vector":
+            raise _shard_error(f"Field [{fname}] of type [knn_vector] does not support term queries")
+        return _kw(value)
+
+    def _doc_terms(self, fname: str, doc: dict[str, Any]) -> list[Any]:
+        ftype = field_type(self.mappings, fname)
+        values = field_values(doc, fname)
+        if ftype in NUMERIC:
+            return [float(v) for v in values if isinstance(v, int | float) and not isinstance(v, bool)]
+        if ftype == "boolean":
+            return [v for v in values if isinstance(v, bool)]
+        if ftype == "text":
+            return [t for v in values for t in analyze(str(v))]
+        return [_kw(v) for v in values]
+
+    def score(self, query: dict[str, Any] | None, doc: dict[str, Any], doc_id: str) -> float | None:
+        """The document's score for ``query``, or None when it does not match."""
+        if not query:
+            return 1.0
+        if not isinstance(query, dict) or len(query) != 1:
+            raise Refused(400, "parsing_exception", "[_na] query malformed, must start with start_object")
+        ((kind, spec),) = query.items()
+        if kind == "match_all":
+            return 1.0
+        if kind == "bool":
+            return self._bool(spec, doc, doc_id)
+        if kind == "ids":
+            return 1.0 if doc_id in spec["values"] else None
+        if kind == "match":
+            return self._match(spec, doc, doc_id)
+        if kind == "multi_match":
+            return self._multi_match(spec, doc, doc_id)
+        if kind not in ("term", "terms", "prefix", "range"):
+            raise Refused(400, "parsing_exception", f"unknown query [{kind}]")
+        # term-level queries score a constant 1.0 here (the product uses them in filter context only)
+        fields = {k: v for k, v in spec.items() if k != "boost"}
+        ((fname, value),) = fields.items()
+        if kind == "terms":
+            wanted = {self._coerce(fname, v) for v in value}
+            return 1.0 if wanted & set(self._doc_terms(fname, doc)) else None
+        if kind == "term":
+            value = value["value"] if isinstance(value, dict) and "value" in value else value
+            return 1.0 if self._coerce(fname, value) in self._doc_terms(fname, doc) else None
+        if kind == "prefix":
+            value = value["value"] if isinstance(value, dict) else value
+            ftype = field_type(self.mappings, fname)
+            if ftype not in ("keyword", "text", "wildcard", None):
+                raise _shard_error(
+                    f"Can only use prefix queries on keyword, text and wildcard fields - not on [{fname}] "
+                    f"which is of type [{ftype}]"
+                )
+            return 1.0 if any(str(t).startswith(str(value)) for t in self._doc_terms(fname, doc)) else None
+        ops = {"gt", "gte", "lt", "lte"}
+        bounds = {op: self._range_bound(fname, b) for op, b in value.items() if op in ops}
         checks = {
-            "lt": lambda b: actual < b,
-            "lte": lambda b: actual <= b,
-            "gt": lambda b: actual > b,
-            "gte": lambda b: actual >= b,
+            "lt": lambda a, b: a < b,
+            "lte": lambda a, b: a <= b,
+            "gt": lambda a, b: a > b,
+            "gte": lambda a, b: a >= b,
         }
-        return all(checks[op](bound) for op, bound in value.items() if op in checks)
-    raise Refused(400, "parsing_exception", f"unknown query [{kind}]")
+        for actual in self._doc_terms(fname, doc):
+            if all(checks[op](actual, b) for op, b in bounds.items()):
+                return 1.0
+        return None
+
+    def _range_bound(self, fname: str, bound: Any) -> Any:
+        ftype = field_type(self.mappings, fname)
+        if ftype == "knn_vector":
+            raise _shard_error(f"Field [{fname}] of type [{ftype}] does not support range queries")
+        return self._coerce(fname, bound)
+
+    def _bool(self, spec: dict[str, Any], doc: dict[str, Any], doc_id: str) -> float | None:
+        total = 0.0
+        for q in _as_list(spec.get("must")):
+            s = self.score(q, doc, doc_id)
+            if s is None:
+                return None
+            total += s
+        for q in _as_list(spec.get("filter")):  # filter context: must match, adds nothing to the score
+            if self.score(q, doc, doc_id) is None:
+                return None
+        if any(self.score(q, doc, doc_id) is not None for q in _as_list(spec.get("must_not"))):
+            return None
+        shoulds = _as_list(spec.get("should"))
+        # minimum_should_match defaults to 1 when the bool has no must or filter clause, else 0
+        # (documentation-website _query-dsl/compound/bool.md)
+        default = 0 if spec.get("must") or spec.get("filter") else 1
+        minimum = int(spec.get("minimum_should_match", default if shoulds else 0))
+        matched = 0
+        for q in shoulds:
+            s = self.score(q, doc, doc_id)
+            if s is not None:
+                matched += 1
+                total += s
+        if matched < minimum:
+            return None
+        return total
+
+
+def _kw(value: Any) -> str:
+    """A value as a keyword field indexes it (``true``, ``2024``, ``1.5``)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def matches(
+    query: dict[str, Any] | None, doc: dict[str, Any], doc_id: str, mappings: dict[str, Any] | None = None
+) -> bool:
+    """Whether ``doc`` matches ``query`` (filter context)."""
+    return Evaluator(mappings, {doc_id: doc}).score(query, doc, doc_id) is not None
 
 
 def _as_list(x: Any) -> list[Any]:
@@ -216,21 +477,75 @@ class Index:
     auto_created: bool = False  # by a write to a missing index, not by PUT <index>
 
     def add_dynamic_fields(self, doc: dict[str, Any]) -> None:
-        """New top-level fields of ``doc`` join the mapping as dynamic mapping would add them."""
-        props = self.mappings.setdefault("properties", {})
-        dynamic = str(self.mappings.get("dynamic", "true")).lower()
-        new = [k for k, v in doc.items() if k not in props and v is not None]
-        if new and dynamic == "strict":  # documentation-website _mappings/mapping-parameters/dynamic.md
-            raise Refused(
-                400,
-                "strict_dynamic_mapping_exception",
-                f"mapping set to strict, dynamic introduction of [{new[0]}] within [_doc] is not allowed",
-            )
-        if dynamic == "false":
-            return
-        for key in new:
-            if (mapped := dynamic_mapping(doc[key])) is not None:
-                props[key] = mapped
+        """New fields of ``doc``, at any depth, join the mapping as dynamic mapping would add them:
+        by the first matching dynamic template, else by the default rules (see :func:`dynamic_mapping`)."""
+        self._add_fields(self.mappings, doc, "", "true")
+
+    def _add_fields(self, node: dict[str, Any], obj: dict[str, Any], prefix: str, inherited: str) -> None:
+        props = node.setdefault("properties", {})
+        # ``dynamic`` is inherited by inner objects unless they set their own (mapping-parameters/dynamic.md)
+        dynamic = str(node.get("dynamic", inherited)).lower()
+        for key, value in obj.items():
+            if value is None or value == []:
+                continue
+            spec = props.get(key)
+            if spec is None:
+                if dynamic == "strict":  # documentation-website _mappings/mapping-parameters/dynamic.md
+                    where = prefix.rstrip(".") or "_doc"
+                    raise Refused(
+                        400,
+                        "strict_dynamic_mapping_exception",
+                        f"mapping set to strict, dynamic introduction of [{key}] within [{where}] is not allowed",
+                    )
+                if dynamic == "false":
+                    continue
+                spec = self._dynamic_field(f"{prefix}{key}", key, value)
+                if spec is None:
+                    continue
+                props[key] = spec
+            inner = [v for v in (value if isinstance(value, list) else [value]) if isinstance(v, dict)]
+            if inner and (spec.get("type") in (None, "object")):
+                for item in inner:
+                    self._add_fields(spec, item, f"{prefix}{key}.", dynamic)
+
+    def _dynamic_field(self, path: str, name: str, value: Any) -> dict[str, Any] | None:
+        """The mapping of a new field: the first dynamic template that matches its JSON type
+        (``match_mapping_type``: string, long, double, boolean, object, date for a string that date
+        detection recognises, or ``*``), its name (``match``/``unmatch``) and its dotted path
+        (``path_match``/``path_unmatch``), in the order listed (documentation-website
+        _mappings/dynamic-templates.md); else the default dynamic mapping."""
+        first = next((v for v in value if v is not None), None) if isinstance(value, list) else value
+        if first is None:
+            return None
+        if isinstance(first, bool):
+            json_type = "boolean"
+        elif isinstance(first, int):
+            json_type = "long"
+        elif isinstance(first, float):
+            json_type = "double"
+        elif isinstance(first, dict):
+            json_type = "object"
+        elif isinstance(first, str) and self.mappings.get("date_detection", True) and _DATE.match(first):
+            json_type = "date"
+        else:
+            json_type = "string"
+        for entry in self.mappings.get("dynamic_templates") or []:
+            ((_, tmpl),) = entry.items()
+            conds = [
+                tmpl.get("match_mapping_type", "*") in ("*", json_type),
+                "match" not in tmpl or fnmatch.fnmatchcase(name, tmpl["match"]),
+                "unmatch" not in tmpl or not fnmatch.fnmatchcase(name, tmpl["unmatch"]),
+                "path_match" not in tmpl or fnmatch.fnmatchcase(path, tmpl["path_match"]),
+                "path_unmatch" not in tmpl or not fnmatch.fnmatchcase(path, tmpl["path_unmatch"]),
+            ]
+            if all(conds):
+                mapped = copy.deepcopy(tmpl.get("mapping") or {})
+                if json_type == "object" and "type" not in mapped:
+                    mapped.setdefault("properties", {})
+                return mapped
+        if json_type == "object":
+            return {"properties": {}}
+        return dynamic_mapping(first)
 
     def vector_fields(self) -> dict[str, dict[str, Any]]:
         return {k: v for k, v in self.mappings.get("properties", {}).items() if v.get("type") == "knn_vector"}
@@ -464,7 +779,7 @@ class OpenSearchStandIn(StandInServer):
         if op == "_count":
             body = req.json() or {}
             with self.lock:
-                count = sum(1 for i, d in idx.searchable.items() if matches(body.get("query"), d, i))
+                count = sum(1 for i, d in idx.searchable.items() if matches(body.get("query"), d, i, idx.mappings))
             return 200, {"count": count}
         if op == "_delete_by_query":
             if self.serverless:  # not among Serverless' supported operations (serverless-genref.md)
@@ -613,13 +928,17 @@ class OpenSearchStandIn(StandInServer):
     def _put_mapping(self, idx: Index, body: dict[str, Any]) -> tuple[int, Any]:
         """Fields may be added, never retyped; a knn_vector needs the index's (static) index.knn."""
         props = idx.mappings.get("properties", {})
+
+        def kind(spec: dict[str, Any]) -> Any:
+            return spec.get("type") or ("object" if "properties" in spec or not spec else None)
+
         for fname, spec in body.get("properties", {}).items():
             old = props.get(fname)
-            if old is not None and old.get("type") != spec.get("type"):
+            if old is not None and kind(old) != kind(spec):
                 raise Refused(
                     400,
                     "illegal_argument_exception",
-                    f"mapper [{fname}] cannot be changed from type [{old.get('type')}] to [{spec.get('type')}]",
+                    f"mapper [{fname}] cannot be changed from type [{kind(old)}] to [{kind(spec)}]",
                 )
         self._validate_index({k: v for k, v in idx.settings.items()}, {"properties": body.get("properties", {})})
         with self.lock:
@@ -761,6 +1080,8 @@ class OpenSearchStandIn(StandInServer):
         size = int(body.get("size", 10))
         with self.lock:
             docs = dict(idx.searchable)
+            mappings = copy.deepcopy(idx.mappings)
+        evaluator = Evaluator(mappings, docs)
         scored: list[tuple[float, str, dict[str, Any]]] = []
         if "knn" in query:
             ((fname, spec),) = query["knn"].items()
@@ -782,12 +1103,18 @@ class OpenSearchStandIn(StandInServer):
             if flt is not None and self.version < FILTER_SINCE.get(engine, (99, 0, 0)):
                 raise Refused(400, "illegal_argument_exception", f"Engine [{engine.upper()}] does not support filters")
             for doc_id, doc in docs.items():
-                if fname in doc and matches(flt, doc, doc_id):
+                if fname in doc and evaluator.score(flt, doc, doc_id) is not None:
                     scored.append((score(space, vec, doc[fname]), doc_id, doc))
             scored.sort(key=lambda t: -t[0])
             scored = scored[: int(spec["k"])]
         else:
-            scored = [(1.0, i, d) for i, d in docs.items() if matches(query, d, i)]
+            for doc_id, doc in docs.items():
+                found = evaluator.score(query, doc, doc_id)
+                if found is not None:
+                    scored.append((found, doc_id, doc))
+            scored.sort(key=lambda t: -t[0])  # stable: equal scores keep index order
+        if body.get("min_score") is not None:  # search body min_score: drop hits scoring below it
+            scored = [t for t in scored if t[0] >= float(body["min_score"])]
         sort_fields: list[str] = []
         if "sort" in body:  # keyword fields, each ascending (all the product asks for)
             for clause in body["sort"]:
@@ -842,7 +1169,7 @@ class OpenSearchStandIn(StandInServer):
     def _delete_by_query(self, idx: Index, req: Request) -> dict[str, Any]:
         query = (req.json() or {}).get("query")
         with self.lock:
-            targets = [(i, d) for i, d in idx.searchable.items() if matches(query, d, i)]
+            targets = [(i, d) for i, d in idx.searchable.items() if matches(query, d, i, idx.mappings)]
             deleted = conflicts = 0
             for doc_id, seen in targets:
                 # Like OpenSearch: a document changed since the searched snapshot is a version conflict.

@@ -86,7 +86,7 @@ def test_an_unexpected_exception_is_a_json_500_not_text(http, deps, dashscope):
     def boom(*args: Any) -> Any:
         raise RuntimeError("store exploded at https://internal.example/search")
 
-    deps.store.search = boom
+    deps.store.search_result = boom  # what ChatService.find calls
     r = http.post("/chat/completions/stream", json=ASK)
     assert r.status_code == 500 and r.headers["content-type"] == "application/json"
     assert r.json()["error"] == {

@@ -11,11 +11,11 @@ system turn (DashScope has none). What DashScope cannot do is refused by :func:`
 from __future__ import annotations
 
 import re
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from rag_shared.errors import RagError
-from rag_shared.store import SearchFilter
+from rag_shared.store import SearchFilter, SearchType
 
 MAX_MESSAGES = 100
 MAX_MESSAGE_CHARS = 32_000
@@ -115,6 +115,19 @@ class RetrievalOptions(BaseModel):
     use_rag: bool = True
     top_k: int | None = Field(None, ge=0, le=50)
     filter: SearchFilter | None = None
+    # None: the deployment's SEARCH_TYPE (default hybrid) and RAG_MIN_SCORE
+    search_type: SearchType | None = None
+    # A floor on the k-NN cosine score ((2 - d) / 2, in [0, 1]); keyword search has none (BM25 is unbounded)
+    min_score: float | None = Field(None, ge=0, le=1)
+
+    @model_validator(mode="after")
+    def _floor_needs_similarity(self) -> Self:
+        if self.min_score is not None and self.search_type == "keyword":
+            raise ValueError(
+                "min_score is a floor on the semantic (cosine) score; keyword search ranks by BM25, whose "
+                "scores are unbounded: use search_type semantic or hybrid with min_score"
+            )
+        return self
 
 
 class ChatRequest(RetrievalOptions):

@@ -27,7 +27,7 @@ from rag_shared.dashscope import (
 )
 from rag_shared.embeddings import Embedder
 from rag_shared.errors import BadRequestError, ContextLengthExceededError, ModelNotFoundError
-from rag_shared.store import SearchFilter, SearchHit, VectorStore
+from rag_shared.store import SearchFilter, SearchHit, SearchResult, SearchType, VectorStore
 from rag_shared.tokens import estimate_tokens, truncate_to_tokens
 from rag_shared.usage import Usage
 
@@ -120,6 +120,31 @@ class ChatDeps:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+NOTHING_MATCHED = (
+    "no indexed passages matched (the index is empty or nothing satisfies the filter); "
+    "answered without document context"
+)
+
+
+@dataclass(frozen=True)
+class Retrieval:
+    hits: list[SearchHit]
+    usage: Usage
+    note: str | None = None
+
+
+def retrieval_note(found: SearchResult, floor: float | None) -> str | None:
+    """Why no passage came back: nothing matched at all, or nothing was relevant enough."""
+    if found.hits:
+        return None
+    if found.below_floor and floor is not None:
+        return (
+            f"no passage scored above min_score {floor:g} ({found.below_floor} below it); "
+            "answered without document context"
+        )
+    return NOTHING_MATCHED
+
+
 def _ms(since: float) -> float:
     return round((time.monotonic() - since) * 1000, 1)
 
@@ -166,15 +191,50 @@ class ChatService:
             raise ModelNotFoundError(f"model {name!r} is not offered here; GET /v1/models lists the models")
         return catalog.generators[name]
 
-    async def retrieve(self, query: str, k: int, flt: SearchFilter | None) -> tuple[list[SearchHit], Usage]:
-        embedder = self.deps.embedder
-        query = truncate_to_tokens(query, embedder.model.max_tokens_per_text)
-        result = await embedder.aembed([query])
-        vector = result.vectors[0]
-        if vector is None:
-            return [], result.usage
-        hits = await asyncio.to_thread(self.deps.store.search, vector, k, flt)
-        return hits, result.usage
+    async def retrieve(
+        self,
+        query: str,
+        k: int,
+        flt: SearchFilter | None,
+        *,
+        search_type: SearchType | None = None,
+        min_score: float | None = None,
+    ) -> tuple[list[SearchHit], Usage]:
+        """The ``k`` passages for ``query`` and the embedding usage (see :meth:`find`)."""
+        found = await self.find(query, k, flt, search_type=search_type, min_score=min_score)
+        return found.hits, found.usage
+
+    async def find(
+        self,
+        query: str,
+        k: int,
+        flt: SearchFilter | None,
+        *,
+        search_type: SearchType | None = None,
+        min_score: float | None = None,
+    ) -> Retrieval:
+        """Retrieve with the request's search type and floor, else the deployment's (SEARCH_TYPE,
+        RAG_MIN_SCORE; the default floor is not applied to keyword search, which has none). Keyword
+        search makes no embedding call. The note says why nothing came back, if nothing did."""
+        settings = self.deps.settings
+        kind: SearchType = search_type or settings.search_type
+        floor = min_score if min_score is not None else (settings.min_score if kind != "keyword" else None)
+        vector: list[float] | None = None
+        usage = Usage()
+        if kind != "keyword":
+            embedder = self.deps.embedder
+            result = await embedder.aembed([truncate_to_tokens(query, embedder.model.max_tokens_per_text)])
+            usage = result.usage
+            if result.vectors[0] is None:
+                return Retrieval([], usage, NOTHING_MATCHED)
+            vector = result.vectors[0]
+        try:
+            found = await asyncio.to_thread(
+                self.deps.store.search_result, vector, k, flt, text=query, search_type=kind, min_score=floor
+            )
+        except ValueError as exc:  # a search the store cannot run as asked (e.g. a query with no terms)
+            raise BadRequestError(str(exc)) from None
+        return Retrieval(found.hits, usage, retrieval_note(found, floor))
 
     def metric_model(self, name: str | None) -> str:
         """A metric dimension value: a catalog model, never a caller's free text (each distinct
@@ -213,9 +273,8 @@ class ChatService:
         embedding_usage = Usage()
         note: str | None = None
         if req.use_rag and k > 0:
-            hits, embedding_usage = await self.retrieve(req.question(), k, flt)
-            if not hits:
-                note = "no indexed passages matched; answered without document context"
+            found = await self.find(req.question(), k, flt, search_type=req.search_type, min_score=req.min_score)
+            hits, embedding_usage, note = found.hits, found.usage, found.note
         else:
             note = "retrieval disabled for this request"
         retrieval_ms = _ms(t0)

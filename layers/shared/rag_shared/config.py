@@ -13,7 +13,7 @@ from functools import cache
 from importlib import resources
 from typing import Any, Literal, Self
 
-from pydantic import BaseModel, Field, PositiveInt, SecretStr, ValidationError, model_validator
+from pydantic import AliasChoices, BaseModel, Field, PositiveInt, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from rag_shared.errors import ConfigError
@@ -374,6 +374,10 @@ class Settings(BaseSettings):
 
     # Retrieval
     rag_top_k: int = Field(5, ge=0, le=50)
+    # Default per request: semantic (k-NN), hybrid (k-NN + BM25, reciprocal rank fusion), keyword (BM25)
+    search_type: Literal["semantic", "hybrid", "keyword"] = "hybrid"
+    # Default floor on the k-NN cosine score ((2 - d) / 2, in [0, 1]); env RAG_MIN_SCORE; not applied to keyword
+    min_score: float | None = Field(None, ge=0, le=1, validation_alias=AliasChoices("RAG_MIN_SCORE", "min_score"))
 
     @model_validator(mode="after")
     def _check_consistency(self) -> Self:

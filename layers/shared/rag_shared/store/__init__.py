@@ -9,7 +9,17 @@ written, superseded or failed version is never served. One class per store kind:
 """
 
 from rag_shared.store.client import FastJSONSerializer, make_client, pool_size
-from rag_shared.store.documents import SPACE, VECTOR_FIELD, ChunkDoc, SearchFilter, SearchHit
+from rag_shared.store.documents import (
+    METADATA_FIELD,
+    SPACE,
+    VECTOR_FIELD,
+    ChunkDoc,
+    MetadataFilter,
+    SearchFilter,
+    SearchHit,
+    SearchType,
+)
+from rag_shared.store.fusion import RRF_K, rrf
 from rag_shared.store.mapping import (
     FAISS_COSINE_SINCE,
     GUARD,
@@ -21,6 +31,7 @@ from rag_shared.store.mapping import (
     index_template,
     parse_version,
 )
+from rag_shared.store.queries import SearchResult
 from rag_shared.store.stores import BULK_BYTES, BULK_DOCS, ServerlessStore, VectorStore
 
 __all__ = [
@@ -28,15 +39,20 @@ __all__ = [
     "BULK_DOCS",
     "FAISS_COSINE_SINCE",
     "GUARD",
+    "METADATA_FIELD",
     "MIN_VERSION",
+    "RRF_K",
     "SERVERLESS_ENGINE",
     "SPACE",
     "TEMPLATE_PRIORITY",
     "VECTOR_FIELD",
     "ChunkDoc",
     "FastJSONSerializer",
+    "MetadataFilter",
     "SearchFilter",
     "SearchHit",
+    "SearchResult",
+    "SearchType",
     "ServerlessStore",
     "VectorStore",
     "choose_engine",
@@ -45,4 +61,5 @@ __all__ = [
     "make_client",
     "parse_version",
     "pool_size",
+    "rrf",
 ]

@@ -8,7 +8,7 @@ import logging
 from typing import Any
 
 from rag_shared.errors import StoreError
-from rag_shared.store.documents import SPACE, VECTOR_FIELD
+from rag_shared.store.documents import METADATA_FIELD, SPACE, VECTOR_FIELD
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +30,40 @@ TEMPLATE_PRIORITY = 200
 # (PUT _mapping; aoss:UpdateIndex on Serverless, where it cannot delete the index); the backfill
 # re-indexes what was lost. Only mappings, which Serverless fully supports.
 GUARD = "strict"
+# Filterable metadata: every string under ``metadata`` maps to ``keyword`` (exact term/terms/range
+# filters), instead of dynamic mapping's ``text`` + ``keyword`` subfield; a string that looks like a
+# date would be mapped ``date`` by date detection, so that JSON type is kept a keyword too (ISO dates
+# then range-compare as strings). Numbers and booleans map as dynamic mapping does (long, float,
+# boolean). Dynamic templates apply to new fields only, in order, first match wins
+# (documentation-website _mappings/dynamic-templates.md; match_mapping_type, path_match). They are
+# part of an index's mapping ("the dynamic_templates array of an index mapping", same page), and the
+# Put Mapping API updates an existing mapping (index-apis/put-mapping.md, whose stored copy shows only
+# ``properties`` in its example: the in-place update is modelled by the stand-in, not yet checked on
+# a live cluster). PUT _mapping is aoss:UpdateIndex on Serverless (AWS serverless-genref.md), so an
+# index created before this template gets it in place.
+DYNAMIC_TEMPLATES: list[dict[str, Any]] = [
+    {
+        f"{METADATA_FIELD}_{kind}_as_keyword": {
+            "path_match": f"{METADATA_FIELD}.*",
+            "match_mapping_type": kind,
+            "mapping": {"type": "keyword"},
+        }
+    }
+    for kind in ("string", "date")
+]
+
+
+def metadata_mapping() -> dict[str, Any]:
+    """What an existing chunk index needs (PUT _mapping) to map metadata as filters expect."""
+    return {
+        "dynamic_templates": copy.deepcopy(DYNAMIC_TEMPLATES),
+        "properties": {METADATA_FIELD: {"type": "object"}},
+    }
+
+
+def has_metadata_mapping(mappings: dict[str, Any]) -> bool:
+    names = {name for t in mappings.get("dynamic_templates") or [] for name in t}
+    return all(name in names for t in DYNAMIC_TEMPLATES for name in t)
 
 
 def index_body(dimensions: int, engine: str, *, serverless: bool) -> dict[str, Any]:
@@ -41,6 +75,7 @@ def index_body(dimensions: int, engine: str, *, serverless: bool) -> dict[str, A
         "settings": settings,
         "mappings": {
             "dynamic": "true",  # overrides the template's guard (see GUARD)
+            "dynamic_templates": copy.deepcopy(DYNAMIC_TEMPLATES),
             "properties": {
                 VECTOR_FIELD: {
                     "type": "knn_vector",
@@ -64,6 +99,7 @@ def index_body(dimensions: int, engine: str, *, serverless: bool) -> dict[str, A
                 "source_seq": {"type": "keyword"},
                 "etag": {"type": "keyword"},
                 "version_id": {"type": "keyword"},
+                METADATA_FIELD: {"type": "object"},
             },
         },
     }

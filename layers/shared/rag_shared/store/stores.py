@@ -17,16 +17,20 @@ from rag_shared.commits import CommitStore, visible
 from rag_shared.config import Settings
 from rag_shared.errors import BulkWriteError, IndexMappingError, StoreError
 from rag_shared.store.client import make_client
-from rag_shared.store.documents import SPACE, VECTOR_FIELD, ChunkDoc, SearchFilter, SearchHit
+from rag_shared.store.documents import SPACE, VECTOR_FIELD, ChunkDoc, SearchFilter, SearchHit, SearchType
+from rag_shared.store.fusion import rrf
 from rag_shared.store.mapping import (
     GUARD,
     TEMPLATE_PRIORITY,
     choose_engine,
+    has_metadata_mapping,
     index_body,
     index_lost,
     index_template,
+    metadata_mapping,
     parse_version,
 )
+from rag_shared.store.queries import SearchResult, check_search, cosine_score, keyword_query, to_hit
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -141,6 +145,17 @@ class VectorStore:
         self._check_mapping()
         self._ready = True
 
+    def _ensure_metadata_mapping(self, mappings: dict[str, Any]) -> None:
+        """An index created before metadata filters gets their dynamic templates in place."""
+        if has_metadata_mapping(mappings):
+            return
+        log.info("adding metadata dynamic templates to index %s", self.index)
+        body = metadata_mapping()
+        try:
+            self._retry("add metadata mapping", lambda: self.client.indices.put_mapping(index=self.index, body=body))
+        except StoreError as exc:  # indexing still works; metadata strings then map as text + keyword
+            log.warning("could not add the metadata dynamic templates to %s: %s", self.index, exc)
+
     def engine_for_cluster(self) -> str:
         """The engine a new chunk index gets on this cluster (see :func:`choose_engine`)."""
         if self.serverless:
@@ -189,7 +204,8 @@ class VectorStore:
 
     def _check_mapping(self) -> None:
         mapping = self._retry("get mapping", lambda: self.client.indices.get_mapping(index=self.index))
-        props = next(iter(mapping.values()))["mappings"].get("properties", {})
+        mappings = next(iter(mapping.values()))["mappings"]
+        props = mappings.get("properties", {})
         field = props.get(VECTOR_FIELD)
         where = "in the collection's console or with an admin role" if self.serverless else f"(DELETE /{self.index})"
         fix = f"set OPENSEARCH_INDEX to a new name, or delete the index {where}; then run the backfill"
@@ -207,6 +223,7 @@ class VectorStore:
         space = (field.get("method") or {}).get("space_type") or field.get("space_type")
         if space and space != SPACE:
             raise IndexMappingError(f"index {self.index} uses space {space!r}; this service needs {SPACE!r}; {fix}")
+        self._ensure_metadata_mapping(mappings)
 
     def refresh(self) -> None:
         """Make recent writes searchable now."""
@@ -338,15 +355,93 @@ class VectorStore:
                 found[src["content_hash"]] = src[VECTOR_FIELD]
         return found
 
-    def search(self, vector: Sequence[float], k: int, flt: SearchFilter | None = None) -> list[SearchHit]:
-        """The ``k`` nearest chunks readers may see: with a commit table, only chunks of each key's
-        committed version (over-fetched ``OVERFETCH`` times, then filtered by :func:`visible`)."""
-        if self.commits is None:
-            return self.search_all(vector, k, flt)
-        return visible(self.search_all(vector, k * self.OVERFETCH, flt), self.commits, k)
+    def search(
+        self,
+        vector: Sequence[float] | None,
+        k: int,
+        flt: SearchFilter | None = None,
+        *,
+        text: str | None = None,
+        search_type: SearchType = "semantic",
+        min_score: float | None = None,
+    ) -> list[SearchHit]:
+        """The ``k`` best chunks readers may see (see :meth:`search_result`)."""
+        return self.search_result(vector, k, flt, text=text, search_type=search_type, min_score=min_score).hits
 
-    def search_all(self, vector: Sequence[float], k: int, flt: SearchFilter | None = None) -> list[SearchHit]:
-        """The ``k`` nearest chunks, committed or not."""
+    def search_result(
+        self,
+        vector: Sequence[float] | None,
+        k: int,
+        flt: SearchFilter | None = None,
+        *,
+        text: str | None = None,
+        search_type: SearchType = "semantic",
+        min_score: float | None = None,
+    ) -> SearchResult:
+        """The ``k`` best chunks readers may see, and how many candidates the score floor dropped.
+
+        ``semantic``: k-NN on ``vector``. ``keyword``: BM25 on ``text`` over the chunk text and
+        heading (no vector needed). ``hybrid``: both, fused by reciprocal rank (:mod:`.fusion`).
+        With a commit table every leg over-fetches ``OVERFETCH`` times ``k`` and keeps only chunks of
+        each key's committed version (:func:`visible`) before ranks are fused. ``min_score`` is a
+        floor on the k-NN cosine score, OpenSearch's ``(2 - d) / 2`` in [0, 1], applied before
+        fusion to every hit: a hit that only BM25 found gets that score computed here from its
+        stored vector, so the floor means the same whichever leg found it. BM25 scores are
+        unbounded and depend on the corpus, so ``keyword`` takes no floor (ValueError)."""
+        check_search(vector, text, search_type, min_score)
+        fetch = k * self.OVERFETCH if self.commits is not None else k
+        want_vectors = search_type == "hybrid" and min_score is not None
+        knn = self.search_all(vector, fetch, flt) if search_type != "keyword" and vector is not None else []
+        bm25 = (
+            self._bm25(text or "", fetch, flt, query_vector=vector if want_vectors else None)
+            if search_type != "semantic"
+            else []
+        )
+        if self.commits is not None:
+            union = list({h.id: h for h in [*knn, *bm25]}.values())
+            shown = {h.id for h in visible(union, self.commits, len(union))}
+            knn = [h for h in knn if h.id in shown]
+            bm25 = [h for h in bm25 if h.id in shown]
+        candidates = len({h.id for h in [*knn, *bm25]})
+        if min_score is not None:
+            assert vector is not None
+            knn = [h for h in knn if h.score >= min_score]
+            cosine = {h.id: h.score for h in knn}
+            unknown = -1.0  # a hit without a stored vector cannot show it is relevant enough
+            bm25 = [
+                h
+                for h in bm25
+                if cosine.get(h.id, h.semantic_score if h.semantic_score is not None else unknown) >= min_score
+            ]
+        passed = len({h.id for h in [*knn, *bm25]})
+        if search_type == "semantic":
+            hits = knn[:k]
+        elif search_type == "keyword":
+            hits = bm25[:k]
+        else:
+            hits = [
+                h.model_copy(
+                    update={
+                        "score": fused,
+                        "semantic_score": knn[ranks[0] - 1].score if ranks[0] else h.semantic_score,
+                        "keyword_score": bm25[ranks[1] - 1].score if ranks[1] else None,
+                    }
+                )
+                for h, fused, ranks in rrf([knn, bm25], key=lambda h: h.id)[:k]
+            ]
+        return SearchResult(hits, candidates=candidates, below_floor=candidates - passed)
+
+    def _query(self, body: dict[str, Any]) -> list[SearchHit]:
+        # ignore=404: an index not created yet means nothing indexed yet, not a warning in the log
+        result = self._retry("search", lambda: self.client.search(index=self.index, body=body, params={"ignore": 404}))
+        if "hits" not in result:
+            return []
+        return [to_hit(hit) for hit in result["hits"]["hits"]]
+
+    def search_all(self, vector: Sequence[float] | None, k: int, flt: SearchFilter | None = None) -> list[SearchHit]:
+        """The ``k`` nearest chunks, committed or not (the k-NN leg; efficient filtering inside ``knn``)."""
+        if vector is None:
+            raise ValueError("k-NN search needs a query vector")
         knn: dict[str, Any] = {"vector": list(vector), "k": k}
         clauses = flt.clauses() if flt else []
         if clauses:
@@ -356,26 +451,25 @@ class VectorStore:
             "_source": {"excludes": [VECTOR_FIELD]},
             "query": {"knn": {VECTOR_FIELD: knn}},
         }
-        # ignore=404: an index not created yet means nothing indexed yet, not a warning in the log
-        result = self._retry("search", lambda: self.client.search(index=self.index, body=body, params={"ignore": 404}))
-        if "hits" not in result:
+        return [h.model_copy(update={"semantic_score": h.score}) for h in self._query(body)]
+
+    def _bm25(
+        self, text: str, k: int, flt: SearchFilter | None, *, query_vector: Sequence[float] | None = None
+    ) -> list[SearchHit]:
+        """The ``k`` best BM25 matches of ``text`` in the chunk text and heading, committed or not.
+        With ``query_vector``, each hit's ``semantic_score`` is its cosine score to it (for the floor)."""
+        body = keyword_query(text, k, flt.clauses() if flt else [], with_vectors=query_vector is not None)
+        if body is None:
             return []
+        result = self._retry("search", lambda: self.client.search(index=self.index, body=body, params={"ignore": 404}))
         hits = []
-        for hit in result["hits"]["hits"]:
-            src = hit["_source"]
-            hits.append(
-                SearchHit(
-                    id=hit["_id"],
-                    score=float(hit["_score"]),
-                    source_key=src["source_key"],
-                    chunk_number=int(src["chunk_number"]),
-                    text=src["text"],
-                    heading=src.get("heading"),
-                    start=int(src.get("start", 0)),
-                    end=int(src.get("end", 0)),
-                    version=src.get("version"),
-                )
-            )
+        for raw in result.get("hits", {}).get("hits", []):
+            hit = to_hit(raw)
+            update: dict[str, Any] = {"keyword_score": hit.score}
+            stored = raw.get("_source", {}).get(VECTOR_FIELD)
+            if query_vector is not None and stored:
+                update["semantic_score"] = cosine_score(query_vector, stored)
+            hits.append(hit.model_copy(update=update))
         return hits
 
     def count(self, key: str | None = None, version: str | None = None) -> int:
