@@ -6,6 +6,7 @@ deliveries of the sidecar and the document converge on what S3 serves."""
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -20,6 +21,7 @@ from indexer.metadata import (
 from indexer.pipeline import Indexer
 
 from standins.corpus import document
+from standins.opensearch import OpenSearchStandIn
 from tests.events import s3_event
 from tests.indexer.conftest import Uploader, next_seq
 from tests.indexer.test_consistency import consistent, containers
@@ -260,3 +262,39 @@ def test_an_older_commit_is_never_updated_from_a_newer_documents_user_metadata(u
     assert chunk_metadata(vector_store, index_name, KEY) == [{"dept": "old"}] * 3
     uploader.run(newer)
     assert chunk_metadata(vector_store, index_name, KEY) == [{"dept": "new", "rev": 1}] * 4
+
+
+@pytest.fixture
+def lagging() -> Iterator[OpenSearchStandIn]:
+    """A Serverless stand-in whose writes become searchable only on ``refresh_all``."""
+    server = OpenSearchStandIn(serverless=True, refresh_interval=None).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def queue(aws: str) -> str:
+    import boto3
+
+    sqs = boto3.client("sqs", region_name="us-east-1")
+    return str(sqs.create_queue(QueueName=f"metadata-sweep-{id(sqs)}")["QueueUrl"])
+
+
+def test_on_serverless_the_sweep_updates_chunks_a_sidecar_event_could_not_see_yet(
+    monkeypatch, aws, commit_table, dashscope, lagging, index_name, s3, bucket, queue
+):
+    """Serverless makes writes searchable seconds later, so the sidecar event's search misses the
+    chunks just written; the delayed sweep (of the document and of the sidecar) applies it then."""
+    import boto3
+
+    from local.sqs_pump import drain
+    from tests.indexer.test_serverless_sweep import _env
+
+    _env(monkeypatch, dashscope, lagging.url, "aoss", index_name, queue)
+    up = Uploader(s3, bucket)
+    up.run(put_sidecar(up, KEY, {"rev": 1}), put(up, KEY, document(3)))
+    up.run(put_sidecar(up, KEY, {"rev": 2}))  # its search finds nothing searchable yet
+    assert chunk_metadata(lagging, index_name, KEY) == [{"rev": 1}] * 3  # the race
+    lagging.refresh_all()
+    assert drain(boto3.client("sqs", region_name="us-east-1"), queue, timeout=30) >= 2
+    assert chunk_metadata(lagging, index_name, KEY) == [{"rev": 2}] * 3

@@ -148,8 +148,8 @@ class Indexer:
             outcome = self._reconcile(event, deadline)
         else:
             outcome = self._remove(event)
-        if outcome.action in ("indexed", "removed", "skipped", "superseded", "metadata"):
-            self._schedule_sweep(event)
+        if outcome.action in ("indexed", "removed", "skipped", "superseded", "metadata") and event.action != "sweep":
+            self._schedule_sweep(event)  # once: a sweep of a sidecar is itself a "metadata" outcome
         outcome.seconds = round(time.monotonic() - t0, 3)
         return outcome
 
