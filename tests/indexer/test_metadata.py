@@ -298,3 +298,36 @@ def test_on_serverless_the_sweep_updates_chunks_a_sidecar_event_could_not_see_ye
     lagging.refresh_all()
     assert drain(boto3.client("sqs", region_name="us-east-1"), queue, timeout=30) >= 2
     assert chunk_metadata(lagging, index_name, KEY) == [{"rev": 2}] * 3
+
+
+def test_a_retry_after_a_failed_metadata_update_applies_the_sidecar(uploader, vector_store, index_name, indexer_env):
+    """The sidecar changed while the document was written, and the update after the commit failed
+    (OpenSearch unavailable): the retry of the same event finds it committed and applies the sidecar."""
+    from rag_shared.errors import StoreError
+
+    put_sidecar(uploader, KEY, {"rev": 1})
+    (doc,) = parse_notification(put(uploader, KEY, document(3)))
+    a, b = containers(2)
+    faults: list[str] = []
+
+    class Failing(Indexer):
+        def _complete(self, key: str, token: str, expected: int) -> bool:
+            (side,) = parse_notification(put_sidecar(uploader, KEY, {"rev": 2}))
+            assert b.handle(side).action == "stale"  # no commit yet
+            return super()._complete(key, token, expected)
+
+    update = a.store.update_metadata
+
+    def fail_once(key: str, version: str, metadata: Any) -> int:
+        if not faults:
+            faults.append(version)
+            raise StoreError("OpenSearch update metadata failed: 503")
+        return update(key, version, metadata)
+
+    a.store.update_metadata = fail_once  # type: ignore[method-assign]
+    with pytest.raises(StoreError):
+        Failing(a.s3, a.store, a.embedder, a.config).handle(doc)
+    assert faults and chunk_metadata(vector_store, index_name, KEY) == [{"rev": 1}] * 3  # committed, stale
+    assert a.handle(doc).action == "stale"  # the redelivery
+    assert chunk_metadata(vector_store, index_name, KEY) == [{"rev": 2}] * 3
+    consistent(store_for(indexer_env), KEY)

@@ -209,7 +209,12 @@ class Indexer:
     def _upsert(self, event: ObjectEvent, deadline: float | None = None) -> Outcome:
         key, seq = event.key, self._sequencer(event)
         if applied := self._applied(key, seq):
-            return self._stale(applied)
+            stale = self._stale(applied)
+            if applied.sequencer == seq and applied.version is not None and not applied.deleted:
+                # a retry of this very event: its first try may have failed after the commit, before
+                # the sidecar that changed meanwhile was applied (_settle_metadata)
+                self._sync_metadata(event.bucket, key, applied.version, applied.version_id, applied.etag)
+            return stale
         try:
             obj = self._get_object(event)
         except _Gone as gone:
