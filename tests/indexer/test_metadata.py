@@ -331,3 +331,12 @@ def test_a_retry_after_a_failed_metadata_update_applies_the_sidecar(uploader, ve
     assert a.handle(doc).action == "stale"  # the redelivery
     assert chunk_metadata(vector_store, index_name, KEY) == [{"rev": 2}] * 3
     consistent(store_for(indexer_env), KEY)
+
+
+def test_the_sample_sidecar_of_the_local_demo_is_read_whole():
+    from pathlib import Path
+
+    data = (Path(__file__).parents[2] / "samples" / "handbook.md.metadata.json").read_bytes()
+    md = parse_sidecar(data)
+    assert md.warnings == ()
+    assert md.values["year"] == 2024 and md.values["owner"] == "people-team"
