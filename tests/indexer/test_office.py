@@ -185,3 +185,16 @@ def test_an_office_file_is_indexed_with_headings_and_a_hostile_one_skipped_once(
     bomb = store.commits.get("hr/bomb.docx")  # type: ignore[union-attr]
     assert bomb is not None and bomb.version is None and "over the 100000000-byte limit" in str(bomb.reason)
     assert store.count("hr/bomb.docx") == 0
+
+
+def test_shared_strings_over_their_limit_are_refused_before_openpyxl_loads_them():
+    src = zipfile.ZipFile(io.BytesIO(make_xlsx()))
+    members = {i.filename: src.read(i.filename) for i in src.infolist()}
+    strings = b"".join(b"<si><t>s%d</t></si>" % i for i in range(200))
+    members["xl/sharedStrings.xml"] = (
+        b'<sst xmlns="http://schemas.openxmlformats.org/spreadsheetml/2006/main">' + strings + b"</sst>"
+    )
+    data = _zip(members)
+    with pytest.raises(Unindexable, match=r"shared strings inflate to \d+ bytes, over the 1000-byte limit"):
+        extract("s.xlsx", data, limits=replace(DEFAULT_LIMITS, max_xlsx_shared_strings_bytes=1_000))
+    assert "## Budget" in extract("s.xlsx", data).text

@@ -13,7 +13,8 @@ files the libraries themselves write.
 Hostile files: an Office file is a zip, so before anything is inflated the member count (read from
 the end-of-central-directory record, before ``zipfile`` builds an entry per member) and the total
 uncompressed size of the parts we read are checked against :class:`~indexer.extract.Limits`
-(``max_zip_members``, ``max_zip_xml_bytes``); ``zipfile`` stops inflating a member at its declared
+(``max_zip_members``, ``max_zip_xml_bytes``; for XLSX also the shared strings, which openpyxl loads
+whole, and the cells read); ``zipfile`` stops inflating a member at its declared
 size, so declared sizes bound the work. XML is parsed through defusedxml, which refuses entity
 declarations and external references (billion laughs, quadratic blowup, XXE; Python docs, "XML
 vulnerabilities"); openpyxl uses it too when installed (openpyxl docs, "Security"). DOCX paragraphs are streamed
@@ -244,6 +245,12 @@ def xlsx_to_text(data: bytes, limits: Limits) -> str:
     zf = _archive(data, limits)
     xml = [n for n in zf.namelist() if n.endswith(".xml") or n.endswith(".rels")]
     _check_sizes(zf, xml, limits)
+    shared = sum(i.file_size for i in zf.infolist() if i.filename.lower().endswith("sharedstrings.xml"))
+    if shared > limits.max_xlsx_shared_strings_bytes:
+        raise OfficeError(
+            f"its shared strings inflate to {shared} bytes, over the {limits.max_xlsx_shared_strings_bytes}-byte "
+            "limit (MAX_XLSX_SHARED_STRINGS_BYTES)"
+        )
     zf.close()
     from openpyxl import load_workbook  # imported on first workbook: keeps the cold start light
 
