@@ -159,7 +159,7 @@ def test_a_sheet_padded_to_its_last_column_counts_against_the_cell_budget():
     ws = wb.worksheets[0]
     for r in range(1, 201):
         ws.cell(row=r, column=1, value="a")
-        ws.cell(row=r, column=250, value="z")  # each row padded to 250 cells
+        ws.cell(row=r, column=250, value="z")  # each row padded to its last cell: 250 cells
     buf = io.BytesIO()
     wb.save(buf)
     with pytest.raises(Unindexable, match="over 10000 cells"):

@@ -178,9 +178,11 @@ class Limits:
     # ZipSecureFile (which refuses zip bombs before parsing): a real DOCX/XLSX/PPTX has tens to a
     # few hundred parts, so 10,000 members is generous while keeping the central directory small;
     # the XML parts read may inflate to 100 MB together (twice the 50 MB MAX_FILE_BYTES default);
-    # openpyxl costs ~15-20 us per cell read and ~30 us per shared string loaded (measured here,
-    # one core), so a workbook may cost 2 M cells read (padded cells counted) and a shared-strings
-    # part of 16 MB (~1 M short strings, all loaded before the first row): under a minute each.
+    # openpyxl read-only is slow per item: measured on this shared 2-core machine at load ~9,
+    # 200 K cells took 13 s (67 us each) and 250 K shared strings (4.3 MB) 8 s (32 us each). So a
+    # workbook may cost 2 M cells read (padding to each row's last cell counted) and a shared-strings
+    # part of 16 MB (~1 M short strings, loaded whole before the first row): about 2 min and 30 s
+    # at that pace at worst, well inside the indexer's 15-minute timeout; reported and skipped beyond.
     max_zip_members: int = 10_000
     max_zip_xml_bytes: int = 100_000_000
     max_xlsx_cells: int = 2_000_000

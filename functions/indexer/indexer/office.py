@@ -44,9 +44,6 @@ R = "{http://schemas.openxmlformats.org/officeDocument/2006/relationships}"
 PKG_REL = "{http://schemas.openxmlformats.org/package/2006/relationships}"
 _EOCD = b"PK\x05\x06"
 _HEADING_NAME = re.compile(r"heading\s*([1-9])$", re.I)
-# Columns read per XLSX row: openpyxl pads each row to its last cell, so one cell at column XFD
-# (16,384, Excel's limit) per row would cost 16,384 slots a row. 256 is the pre-2007 Excel limit.
-XLSX_MAX_COLUMNS = 256
 
 
 class OfficeError(Exception):
@@ -261,8 +258,10 @@ def xlsx_to_text(data: bytes, limits: Limits) -> str:
         for ws in wb.worksheets:
             out.add(_heading(2, str(ws.title)))
             rows: list[str] = []
-            width = ws.max_column if isinstance(ws.max_column, int) else XLSX_MAX_COLUMNS
-            for row in ws.iter_rows(values_only=True, max_col=max(1, min(width, XLSX_MAX_COLUMNS))):
+            # Declared dimensions may be missing or lie (openpyxl docs, "Read-only mode": "Worksheet
+            # dimensions"); without them each row is padded only to its own last cell.
+            ws.reset_dimensions()
+            for row in ws.iter_rows(values_only=True):
                 cells_seen += len(row)
                 if cells_seen > limits.max_xlsx_cells:
                     raise OfficeError(f"workbook has over {limits.max_xlsx_cells} cells (MAX_XLSX_CELLS)")
