@@ -785,6 +785,10 @@ class OpenSearchStandIn(StandInServer):
             if self.serverless:  # not among Serverless' supported operations (serverless-genref.md)
                 raise Refused(404, "not_found", f"no handler found for uri [{req.path}] and method [{m}]")
             return 200, self._delete_by_query(idx, req)
+        if op == "_update_by_query":  # see the "Updates" section at the end of this module
+            if self.serverless:  # not among Serverless' supported operations (serverless-genref.md)
+                raise Refused(404, "not_found", f"no handler found for uri [{req.path}] and method [{m}]")
+            return 200, update_by_query(self, idx, req)
         raise Refused(400, "illegal_argument_exception", f"stand-in does not implement {m} {req.path}")
 
     def _new_id(self) -> str:
@@ -1057,6 +1061,11 @@ class OpenSearchStandIn(StandInServer):
                         idx = self._index(name)
                         found = self._drop(idx, doc_id)
                         result.update(status=200 if found else 404, result="deleted" if found else "not_found")
+                    elif op == "update":  # see the "Updates" section at the end of this module
+                        idx = self._index(name)
+                        assert source is not None
+                        status, outcome = bulk_update(self, idx, doc_id, source)
+                        result.update(status=status, result=outcome)
                     else:
                         assert source is not None
                         idx = self.indices.get(name) or self._auto_create(name)
@@ -1190,6 +1199,85 @@ class OpenSearchStandIn(StandInServer):
             "version_conflicts": conflicts,
             "failures": [],
         }
+
+
+# Updates: a bulk ``update`` item and ``_update_by_query``, with a partial ``doc`` or a script.
+# Documented behaviour (documentation-website api-reference/document-apis/update-document.md, bulk.md,
+# update-by-query.md): an update of a missing document is a 404 ``document_missing_exception``; a
+# partial ``doc`` is merged into the source (objects merged recursively); a script runs on
+# ``ctx._source`` with ``params``. The stand-in runs only scripts made of assignments
+# ``ctx._source.<field> = params.<name>`` (all the product sends) and refuses any other with 400,
+# so a product change to its script fails a test here instead of passing unexecuted.
+
+_ASSIGN = re.compile(r"\s*ctx\._source\.([A-Za-z_][A-Za-z0-9_]*)\s*=\s*params\.([A-Za-z_][A-Za-z0-9_]*)\s*")
+
+
+def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for k, v in over.items():
+        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else copy.deepcopy(v)
+    return out
+
+
+def apply_update(doc: dict[str, Any], body: dict[str, Any]) -> dict[str, Any]:
+    """The new source of ``doc`` after an update ``body`` (a partial ``doc`` or a ``script``)."""
+    if "script" in body:
+        script = body["script"]
+        source = script if isinstance(script, str) else script.get("source", "")
+        params = {} if isinstance(script, str) else script.get("params") or {}
+        if not isinstance(script, str) and script.get("lang", "painless") != "painless":
+            raise Refused(400, "illegal_argument_exception", f"script_lang not supported [{script.get('lang')}]")
+        out = copy.deepcopy(doc)
+        for statement in (s for s in source.split(";") if s.strip()):
+            m = _ASSIGN.fullmatch(statement)
+            if m is None:
+                raise Refused(400, "illegal_argument_exception", f"stand-in cannot run script [{source}]")
+            if m.group(2) not in params:
+                raise Refused(400, "script_exception", f"runtime error: params.{m.group(2)} is not defined")
+            out[m.group(1)] = copy.deepcopy(params[m.group(2)])
+        return out
+    if "doc" in body:
+        return _deep_merge(doc, body["doc"])
+    raise Refused(400, "action_request_validation_exception", "Validation Failed: 1: script or doc is missing;")
+
+
+def bulk_update(server: OpenSearchStandIn, idx: Index, doc_id: str, body: dict[str, Any]) -> tuple[int, str]:
+    """One bulk ``update`` item (the caller holds the lock and records a Refused as the item's error)."""
+    current = idx.live.get(doc_id)
+    if current is None:
+        raise Refused(404, "document_missing_exception", f"[{doc_id}]: document missing", idx.name)
+    updated = apply_update(current, body)
+    server._put(idx, doc_id, updated)
+    return 200, "updated"
+
+
+def update_by_query(server: OpenSearchStandIn, idx: Index, req: Request) -> dict[str, Any]:
+    """Like ``_delete_by_query``: matches in the searchable snapshot; a document changed since is a
+    version conflict (aborts unless ``conflicts=proceed``)."""
+    body = req.json() or {}
+    query = body.get("query")
+    with server.lock:
+        targets = [(i, d) for i, d in idx.searchable.items() if matches(query, d, i)]
+        updated = conflicts = 0
+        for doc_id, seen in targets:
+            if idx.live.get(doc_id) is seen:
+                server._put(idx, doc_id, apply_update(seen, body))
+                updated += 1
+            elif doc_id in idx.live:
+                conflicts += 1
+        if conflicts and req.query.get("conflicts") != "proceed":
+            raise Refused(409, "version_conflict_engine_exception", f"{conflicts} version conflicts")
+        if req.query.get("refresh") in ("true", ""):
+            idx.refresh()
+    return {
+        "took": 1,
+        "timed_out": False,
+        "total": len(targets),
+        "updated": updated,
+        "version_conflicts": conflicts,
+        "noops": 0,
+        "failures": [],
+    }
 
 
 def main() -> None:  # pragma: no cover - used by the local demo

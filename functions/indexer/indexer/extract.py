@@ -89,6 +89,13 @@ TEXT_SUFFIXES = {
     ".gradle",
 }
 MARKDOWN_SUFFIXES = {".md", ".markdown"}
+# Office Open XML (indexer.office): by suffix or by Content-Type (IANA media types registry).
+OFFICE_SUFFIXES = {".docx": "docx", ".xlsx": "xlsx", ".pptx": "pptx"}
+OFFICE_TYPES = {
+    "application/vnd.openxmlformats-officedocument.wordprocessingml.document": "docx",
+    "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet": "xlsx",
+    "application/vnd.openxmlformats-officedocument.presentationml.presentation": "pptx",
+}
 HTML_SUFFIXES = {".html", ".htm", ".xhtml"}
 BINARY_SUFFIXES = {
     ".png",
@@ -132,9 +139,6 @@ BINARY_SUFFIXES = {
     ".sqlite",
     ".db",
     ".pyc",
-    ".docx",
-    ".xlsx",
-    ".pptx",
     ".doc",
     ".xls",
     ".ppt",
@@ -170,6 +174,19 @@ class Limits:
     max_pdf_pages: int = 5_000
     max_pdf_stream_bytes: int = 4_000_000
     max_pdf_content_bytes: int = 32_000_000
+    # Office files are zips (indexer.office). Our own bounds, in the spirit of Apache POI's
+    # ZipSecureFile (which refuses zip bombs before parsing): a real DOCX/XLSX/PPTX has tens to a
+    # few hundred parts, so 10,000 members is generous while keeping the central directory small;
+    # the XML parts read may inflate to 100 MB together (twice the 50 MB MAX_FILE_BYTES default);
+    # openpyxl read-only is slow per item: measured on this shared 2-core machine at load ~9,
+    # 200 K cells took 13 s (67 us each) and 250 K shared strings (4.3 MB) 8 s (32 us each). So a
+    # workbook may cost 2 M cells read (padding to each row's last cell counted) and a shared-strings
+    # part of 16 MB (~1 M short strings, loaded whole before the first row): about 2 min and 30 s
+    # at that pace at worst, well inside the indexer's 15-minute timeout; reported and skipped beyond.
+    max_zip_members: int = 10_000
+    max_zip_xml_bytes: int = 100_000_000
+    max_xlsx_cells: int = 2_000_000
+    max_xlsx_shared_strings_bytes: int = 16_000_000
 
 
 DEFAULT_LIMITS = Limits()
@@ -186,7 +203,7 @@ class Unindexable(Exception):
 @dataclass(frozen=True)
 class Extracted:
     text: str
-    kind: str  # text | markdown | html | pdf
+    kind: str  # text | markdown | html | pdf | docx | xlsx | pptx
     markdown: bool  # headings are Markdown headings
 
 
@@ -543,6 +560,24 @@ def pdf_to_text(data: bytes, *, limits: Limits = DEFAULT_LIMITS) -> str:
     return "\n\n".join(parts)
 
 
+def office_to_text(kind: str, data: bytes, limits: Limits = DEFAULT_LIMITS) -> str:
+    """DOCX, XLSX or PPTX as Markdown (indexer.office, imported on first use: cold start)."""
+    from indexer import office
+
+    reader = {"docx": office.docx_to_text, "xlsx": office.xlsx_to_text, "pptx": office.pptx_to_text}[kind]
+    try:
+        text = reader(data, limits)
+    except (Unindexable, MemoryError):
+        raise
+    except office.OfficeError as exc:
+        raise Unindexable(f"{kind.upper()} refused: {exc}") from None
+    except Exception as exc:  # zipfile, expat and openpyxl raise many types on corrupt files; none changes on retry
+        raise Unindexable(f"{kind.upper()} could not be read ({type(exc).__name__})") from None
+    if _blank(text):
+        raise Unindexable(f"{kind.upper()} has no text")
+    return text
+
+
 def _content_bytes(page: Any) -> int:
     """Inflated size of a page's content streams, as extract_text will concatenate them (an
     array naming one stream a thousand times counts a thousand times)."""
@@ -573,6 +608,8 @@ def extract(key: str, data: bytes, content_type: str | None = None, *, limits: L
         raise Unindexable("empty file")
     if suffix == ".pdf" or ctype == "application/pdf" or data.startswith(b"%PDF-"):
         return Extracted(pdf_to_text(data, limits=limits), "pdf", False)
+    if office := OFFICE_SUFFIXES.get(suffix) or OFFICE_TYPES.get(ctype):
+        return Extracted(office_to_text(office, data, limits), office, True)
     if suffix in BINARY_SUFFIXES:
         raise Unindexable(f"unsupported file type {suffix}")
     if looks_binary(data):

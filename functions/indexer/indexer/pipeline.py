@@ -36,11 +36,26 @@ from rag_shared.usage import Usage
 
 from indexer.events import ObjectEvent, normalize_sequencer
 from indexer.extract import DEFAULT_LIMITS, Limits, Unindexable, extract
+from indexer.metadata import (
+    MAX_SIDECAR_BYTES,
+    Metadata,
+    Value,
+    document_key,
+    from_user_metadata,
+    is_sidecar,
+    merge,
+    oversized,
+    parse_sidecar,
+    sidecar_key,
+)
 
 log = logging.getLogger(__name__)
 
-Action = Literal["indexed", "removed", "skipped", "stale", "superseded", "gone", "swept", "continued"]
+Action = Literal["indexed", "removed", "skipped", "stale", "superseded", "gone", "swept", "continued", "metadata"]
 MAX_RESTARTS = 3
+# Rounds of "apply the sidecar, read it again" before giving up for an SQS retry (see _settle_metadata):
+# each round is a sidecar that changed again while the previous round was written.
+MAX_METADATA_ROUNDS = 4
 
 
 class Outcome(BaseModel):
@@ -55,6 +70,7 @@ class Outcome(BaseModel):
     removed: int = 0
     usage: Usage = Usage()
     seconds: float = 0.0
+    warnings: list[str] = []  # metadata attributes or sidecars refused, and why (the file is still indexed)
 
 
 @dataclass
@@ -122,7 +138,9 @@ class Indexer:
         if deadline is not None and t0 > deadline:
             raise OutOfTime("not started: the invocation's time ran out on earlier records")
         self.store.ensure_index()
-        if event.action == "sweep":
+        if is_sidecar(event.key):  # any event of a sidecar, even a sweep: never indexed as a document
+            outcome = self._sidecar(event)
+        elif event.action == "sweep":
             outcome = self._sweep(event)
         elif event.action == "upsert":
             outcome = self._upsert(event, deadline)
@@ -130,8 +148,8 @@ class Indexer:
             outcome = self._reconcile(event, deadline)
         else:
             outcome = self._remove(event)
-        if outcome.action in ("indexed", "removed", "skipped", "superseded"):
-            self._schedule_sweep(event)
+        if outcome.action in ("indexed", "removed", "skipped", "superseded", "metadata") and event.action != "sweep":
+            self._schedule_sweep(event)  # once: a sweep of a sidecar is itself a "metadata" outcome
         outcome.seconds = round(time.monotonic() - t0, 3)
         return outcome
 
@@ -182,6 +200,8 @@ class Indexer:
         if commit is None:
             return Outcome(key=event.key, action="swept", reason="no commit")
         removed = self.store.delete_chunks(event.key, upto_seq=commit.sequencer, except_version=commit.version)
+        if commit.version is not None and not commit.deleted:  # chunks the last update could not see yet
+            self._sync_metadata(event.bucket, commit.key, commit.version, commit.version_id, commit.etag)
         return Outcome(key=event.key, action="swept", removed=removed)
 
     # upsert
@@ -189,7 +209,12 @@ class Indexer:
     def _upsert(self, event: ObjectEvent, deadline: float | None = None) -> Outcome:
         key, seq = event.key, self._sequencer(event)
         if applied := self._applied(key, seq):
-            return self._stale(applied)
+            stale = self._stale(applied)
+            if applied.sequencer == seq and applied.version is not None and not applied.deleted:
+                # a retry of this very event: its first try may have failed after the commit, before
+                # the sidecar that changed meanwhile was applied (_settle_metadata)
+                self._sync_metadata(event.bucket, key, applied.version, applied.version_id, applied.etag)
+            return stale
         try:
             obj = self._get_object(event)
         except _Gone as gone:
@@ -198,6 +223,8 @@ class Indexer:
         etag = event.etag or str(obj.get("ETag") or "").strip('"') or None
         version_id = event.version_id or obj.get("VersionId")
         size = int(obj.get("ContentLength") or 0)
+        user_meta = from_user_metadata(obj.get("Metadata"))
+        meta = merge(user_meta, self._read_sidecar(event.bucket, key))  # read before writing: see _settle_metadata
         try:
             if size > self.config.max_file_bytes:
                 raise Unindexable(f"file is {size} bytes, over the {self.config.max_file_bytes}-byte limit")
@@ -213,12 +240,14 @@ class Indexer:
                 return Outcome(key=key, action="superseded", reason="a newer event was applied meanwhile")
             return Outcome(key=key, action="skipped", reason=exc.reason, removed=removed)
 
-        total = Outcome(key=key, action="indexed")
+        total = Outcome(key=key, action="indexed", warnings=list(meta.warnings))
         resets = self.store.resets
         chunks = chunk_text(
             extracted.text, size=self.config.chunk_size, overlap=self.config.chunk_overlap, markdown=extracted.markdown
         )
-        out_of_time = self._write(key, seq, token, event, islice(chunks, event.cursor, None), total, deadline)
+        out_of_time = self._write(
+            key, seq, token, event, islice(chunks, event.cursor, None), total, deadline, meta.values
+        )
         if self.store.resets != resets or not self._complete(key, token, event.cursor + total.chunks):
             if applied := self._applied(key, seq):  # another delivery committed and cleaned up ours
                 self.store.delete_chunks(key, version=token)
@@ -230,6 +259,10 @@ class Indexer:
         record = Commit(key, seq, token, total.chunks, etag=etag, version_id=version_id)
         if not self._commit(record):
             return total.model_copy(update={"action": "superseded", "reason": "this event was applied meanwhile"})
+        # a file written over several invocations may hold several reads of the sidecar: rewrite it
+        written = meta.values if event.cursor == 0 else None
+        settled = self._settle_metadata(event.bucket, key, token, user_meta, written)
+        total.warnings = list(dict.fromkeys(total.warnings + list(settled.warnings)))
         return total
 
     def _write(
@@ -241,6 +274,7 @@ class Indexer:
         chunks: Iterator[Chunk],
         total: Outcome,
         deadline: float | None,
+        metadata: dict[str, Value] | None = None,
     ) -> bool:
         """Embed and write ``chunks`` under ``token``; returns whether it stopped for lack of time.
 
@@ -271,7 +305,7 @@ class Indexer:
                 if n and deadline is not None and time.monotonic() > deadline:
                     out_of_time = True  # finish what is in flight, then continue in another message
                     break
-                in_flight.append(embedding.submit(self._embed_window, key, seq, token, event, window))
+                in_flight.append(embedding.submit(self._embed_window, key, seq, token, event, window, metadata))
                 if len(in_flight) > 1:
                     drain_one()
             while in_flight:
@@ -309,7 +343,13 @@ class Indexer:
         return Outcome(key=event.key, action="continued", reason=f"restarted: {why}")
 
     def _embed_window(
-        self, key: str, seq: str, token: str, event: ObjectEvent, window: list[Chunk]
+        self,
+        key: str,
+        seq: str,
+        token: str,
+        event: ObjectEvent,
+        window: list[Chunk],
+        metadata: dict[str, Value] | None = None,
     ) -> tuple[list[ChunkDoc], EmbedResult, int]:
         result = self.embedder.embed([c.text for c in window])
         docs = [
@@ -327,6 +367,7 @@ class Indexer:
                 source_seq=seq,
                 etag=event.etag,
                 version_id=event.version_id,
+                metadata=metadata or {},
                 vector=vector,
             )
             for i, (c, vector) in enumerate(zip(window, result.vectors, strict=True))
@@ -353,6 +394,90 @@ class Indexer:
             if code in ("AccessDenied", "403", "InvalidObjectState"):
                 raise Unreadable(f"cannot read s3://{event.bucket}/{event.key}: {code}") from None
             raise
+
+    # metadata (sidecars and S3 user metadata; pure parts in indexer.metadata)
+    #
+    # Convergence on what S3 serves, under duplicate, concurrent and reordered deliveries: a writer
+    # of metadata (the document's own indexing, or any event of its sidecar) reads the sidecar as S3
+    # serves it *now*, writes, then reads it again, and stops only when the sidecar read after its
+    # last write equals what it wrote. So whichever write lands last, its writer reads the sidecar
+    # after it landed and repairs it if the sidecar changed meanwhile: the committed version ends
+    # with the current sidecar. A sidecar event touches only the committed version (never an
+    # attempt in progress: that attempt reads the sidecar itself, after its commit) and assigns
+    # (idempotent); a sidecar arriving before its document finds no commit and does nothing, and
+    # the document's indexing reads it. On Serverless an update can miss chunks not yet searchable:
+    # the delayed sweep runs the update again (_sweep).
+
+    def _read_sidecar(self, bucket: str, key: str) -> Metadata:
+        """The sidecar of ``key`` as S3 serves it now (none: no attributes)."""
+        try:
+            obj = self.s3.get_object(Bucket=bucket, Key=sidecar_key(key))
+        except ClientError as exc:
+            code = exc.response.get("Error", {}).get("Code", "")
+            if code in ("NoSuchKey", "404", "NotFound"):
+                return Metadata()
+            if code in ("AccessDenied", "403", "InvalidObjectState"):
+                raise Unreadable(f"cannot read s3://{bucket}/{sidecar_key(key)}: {code}") from None
+            raise
+        body = obj["Body"]
+        try:
+            size = int(obj.get("ContentLength") or 0)
+            if size > MAX_SIDECAR_BYTES:
+                return oversized(size)
+            return parse_sidecar(body.read(MAX_SIDECAR_BYTES + 1))
+        finally:
+            body.close()
+
+    def _settle_metadata(
+        self, bucket: str, key: str, version: str, user: Metadata, written: dict[str, Value] | None
+    ) -> Metadata:
+        """Make the chunks of committed ``version`` carry the current sidecar merged over ``user``
+        (the version's own S3 user metadata). ``written``: what its chunks already hold, None if
+        unknown (then it is written once at least). Raises :class:`MetadataUnsettled` (retried) if
+        the sidecar keeps changing."""
+        current = merge(user, self._read_sidecar(bucket, key))
+        for _ in range(MAX_METADATA_ROUNDS):
+            if written is not None and current.values == written:
+                return current
+            self.store.update_metadata(key, version, current.values)
+            written = current.values
+            current = merge(user, self._read_sidecar(bucket, key))
+        if current.values == written:
+            return current
+        raise MetadataUnsettled(f"the sidecar of {key!r} changed during {MAX_METADATA_ROUNDS} updates in a row")
+
+    def _sync_metadata(self, bucket: str, key: str, version: str, version_id: str | None, etag: str | None) -> Outcome:
+        """Apply the current sidecar to the committed ``version`` of ``key``, with that version's
+        user metadata (HeadObject of exactly that version: if S3 serves another one now, the newer
+        document event indexes it and reads the sidecar itself)."""
+        kwargs: dict[str, Any] = {"Bucket": bucket, "Key": key}
+        if version_id:
+            kwargs["VersionId"] = version_id
+        elif etag:
+            kwargs["IfMatch"] = f'"{etag}"'  # an entity tag is quoted (RFC 9110, If-Match)
+        try:
+            head = self.s3.head_object(**kwargs)
+        except ClientError as exc:
+            code = exc.response.get("Error", {}).get("Code", "")
+            if code in ("NoSuchKey", "404", "NotFound", "NoSuchVersion", "PreconditionFailed", "412", "405"):
+                return Outcome(
+                    key=key, action="stale", reason="the document changed; its own event applies the sidecar"
+                )
+            raise
+        settled = self._settle_metadata(bucket, key, version, from_user_metadata(head.get("Metadata")), None)
+        return Outcome(key=key, action="metadata", warnings=list(settled.warnings))
+
+    def _sidecar(self, event: ObjectEvent) -> Outcome:
+        """Any event of ``<key>.metadata.json`` (created, overwritten, deleted, swept): the chunks of
+        ``<key>``'s committed version get the sidecar S3 serves now, without re-embedding."""
+        key = document_key(event.key)
+        commit = self.commits.get(key)
+        if commit is None or commit.deleted or commit.version is None:
+            return Outcome(
+                key=event.key, action="stale", reason=f"no indexed version of {key!r}; its indexing reads the sidecar"
+            )
+        outcome = self._sync_metadata(event.bucket, key, commit.version, commit.version_id, commit.etag)
+        return outcome.model_copy(update={"key": event.key})
 
     # remove
 
@@ -400,6 +525,12 @@ class OutOfTime(RagError):
     retryable = True
 
 
+class MetadataUnsettled(RagError):
+    """A sidecar changed again during every metadata update: retried later (SQS), then dead-lettered."""
+
+    retryable = True
+
+
 class IncompleteWrite(StoreError):
     """Chunks written for this attempt went missing (the index was deleted meanwhile): retried."""
 
@@ -414,6 +545,7 @@ __all__ = [
     "IncompleteWrite",
     "Indexer",
     "IndexerConfig",
+    "MetadataUnsettled",
     "OutOfTime",
     "Outcome",
     "StoreError",

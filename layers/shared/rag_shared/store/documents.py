@@ -32,11 +32,18 @@ class ChunkDoc(BaseModel):
     source_seq: str
     etag: str | None = None
     version_id: str | None = None
+    # Filterable attributes (the indexer's sidecar and S3 user metadata), stored as the object field
+    # ``metadata``; numbers stay numbers so ``range`` filters work.
+    metadata: dict[str, str | int | float | bool | list[str]] = Field(default_factory=dict)
     vector: list[float] = Field(repr=False)
 
     def body(self) -> dict[str, Any]:
-        data = self.model_dump(exclude={"id", "vector"})
+        data = self.model_dump(exclude={"id", "vector", "metadata"})
         data[VECTOR_FIELD] = self.vector
+        # After the vector, and only when there is some: a write to a chunk index re-created by the
+        # template's strict guard must be refused naming the vector field (mapping.index_lost).
+        if self.metadata:
+            data["metadata"] = self.metadata
         return data
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar, Literal, TypeVar
 
 from opensearchpy import OpenSearch, helpers
@@ -42,6 +42,10 @@ BULK_DOCS = 500
 # A 1536-float vector is ~35 KB of JSON, so 500 of them would be ~17 MB: over the 10 MiB request
 # limit (http.max_content_length) of small managed-domain instance types. Keep each request under it.
 BULK_BYTES = 8 * 1024 * 1024
+# Replaces a chunk's whole ``metadata`` object (a partial ``doc`` update would merge objects and keep
+# attributes the sidecar no longer has). Painless, the default script language (OpenSearch docs,
+# api-reference/document-apis/update-by-query and update-document: ``ctx._source``, ``params``).
+SET_METADATA = "ctx._source.metadata = params.metadata"
 
 
 class VectorStore:
@@ -274,7 +278,9 @@ class VectorStore:
             for action, (ok, item) in zip(pending, answered, strict=False):
                 ((op, result),) = item.items()
                 status = int(result.get("status", 0))
-                if ok or (op == "delete" and status == 404):  # a delete of what is gone is done
+                # a delete of what is gone is done; so is an update of it (a metadata update racing
+                # the cleanup of a superseded version: there is nothing left to update)
+                if ok or (op in ("delete", "update") and status == 404):
                     done.append(str(result.get("_id", action.get("_id", ""))))
                     continue
                 error = result.get("error")
@@ -330,6 +336,33 @@ class VectorStore:
         if except_version is not None:
             query["bool"]["must_not"] = [{"term": {"version": except_version}}]
         return self._delete_query(query)
+
+    def update_metadata(self, key: str, version: str, metadata: Mapping[str, Any]) -> int:
+        """Set the ``metadata`` of every chunk of ``key``'s ``version`` (a sidecar changed: no
+        re-embedding). Idempotent: it assigns, so repeating it, or two runs with the same value,
+        converge. ``_update_by_query`` with ``conflicts=proceed`` skips a chunk another update
+        changed meanwhile, which might leave the *other* value: so it runs again until a run meets
+        no conflict. Returns the chunks updated by the last run."""
+        query = {"bool": {"filter": [{"term": {"source_key": key}}, {"term": {"version": version}}]}}
+        body = {
+            "query": query,
+            "script": {"lang": "painless", "source": SET_METADATA, "params": {"metadata": dict(metadata)}},
+        }
+        for attempt in range(1, self.max_attempts + 1):
+            self.refresh()  # update-by-query sees only refreshed documents
+            result = self._retry(
+                "update metadata",
+                lambda: self.client.update_by_query(
+                    index=self.index, body=body, params={"conflicts": "proceed", "refresh": "true"}
+                ),
+            )
+            if result.get("failures"):
+                raise StoreError(f"metadata update of chunks had failures: {result['failures'][:2]}")
+            if not result.get("version_conflicts"):
+                return int(result.get("updated", 0))
+            log.warning("metadata update met version conflicts; running it again", extra={"attempt": attempt})
+            self._sleep(self._delay(attempt))
+        raise StoreError(f"metadata update of {key!r} still met version conflicts after {self.max_attempts} runs")
 
     # reads
 
@@ -498,6 +531,39 @@ class ServerlessStore(VectorStore):
 
     def _action(self, doc: ChunkDoc) -> dict[str, Any]:
         return {"_op_type": "index", "_index": self.index, "_source": doc.body()}
+
+    def update_metadata(self, key: str, version: str, metadata: Mapping[str, Any]) -> int:
+        """Serverless has no ``_update_by_query`` (AWS developer guide, serverless-genref.html: it is
+        not among the supported operations): page through the version's chunks (``search_after`` on
+        ``chunk_number``) and bulk-``update`` by the ids the collection assigned (ids are refused
+        only in index/create requests), with the same script. Chunks already holding ``metadata``
+        are left alone. A chunk written too recently to be searchable is missed here: the delayed
+        sweep runs this again once it is (as for deletes)."""
+        wanted = dict(metadata)
+        query = {"bool": {"filter": [{"term": {"source_key": key}}, {"term": {"version": version}}]}}
+        body: dict[str, Any] = {
+            "size": 1000,
+            "_source": ["metadata"],
+            "query": query,
+            "sort": [{"chunk_number": "asc"}],
+        }
+        updated = 0
+        while True:
+            result = self._retry(
+                "find chunks to update",
+                lambda: self.client.search(index=self.index, body=body, params={"ignore": 404}),
+            )
+            hits = result.get("hits", {}).get("hits", [])
+            if not hits:
+                return updated
+            stale = [h["_id"] for h in hits if (h.get("_source") or {}).get("metadata", {}) != wanted]
+            script = {"lang": "painless", "source": SET_METADATA, "params": {"metadata": wanted}}
+            actions = [
+                {"_op_type": "update", "_index": self.index, "_id": i, "retry_on_conflict": 3, "script": script}
+                for i in stale
+            ]
+            updated += len(self._bulk(actions)) if actions else 0
+            body["search_after"] = hits[-1]["sort"]
 
     def _delete_query(self, query: dict[str, Any]) -> int:
         """Search the ids, bulk-delete them, repeat until a search finds nothing new."""
