@@ -380,6 +380,30 @@ class DashScopeClient:
         reasoning = (choice.message.model_extra or {}).get("reasoning_content") or ""
         return Completion(choice.message.content or "", reasoning, usage, choice.finish_reason)
 
+    async def acomplete(
+        self,
+        messages: Sequence[Message],
+        model: GeneratorModel,
+        params: ChatParams,
+        *,
+        call_timeout: float | None = None,
+        max_retries: int | None = None,
+    ) -> Completion:
+        """One non-streaming answer (short helper calls such as rewriting a follow-up question):
+        ``call_timeout`` and ``max_retries`` bound it tighter than the client's defaults."""
+        request = chat_request(messages, model, params, stream=False)
+        opts: dict[str, Any] = {}
+        if call_timeout is not None:
+            opts["timeout"] = call_timeout
+        if max_retries is not None:
+            opts["max_retries"] = max_retries
+        response = await self._acall(lambda c: c.with_options(**opts).chat.completions.create(**request))
+        choice = response.choices[0]
+        u = response.usage
+        usage = chat_usage(model, u.prompt_tokens, u.completion_tokens) if u else Usage(calls=1)
+        reasoning = (choice.message.model_extra or {}).get("reasoning_content") or ""
+        return Completion(choice.message.content or "", reasoning, usage, choice.finish_reason)
+
     # the chat stream, over httpx
 
     def _http(self, key: str) -> httpx.AsyncClient:
