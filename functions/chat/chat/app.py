@@ -219,7 +219,7 @@ async def openai_sse(
             elif isinstance(ev, Citations):
                 citations = ev.citations
             elif isinstance(ev, Sources):
-                extra = {"query": query} if query else {}
+                extra: dict[str, Any] = {"query": query} if query else {}
                 yield chunk({"role": "assistant", "content": ""}, sources=ev.sources, sources_note=ev.note, **extra)
             elif isinstance(ev, Delta):
                 yield chunk({"content": ev.text})
