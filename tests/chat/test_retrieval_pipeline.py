@@ -146,9 +146,10 @@ def test_the_chat_stream_shows_the_rewritten_query_and_counts_it(http, corpus, d
 
 
 def test_openai_clients_get_query_and_citations_as_extra_fields(http, corpus):
-    ask = {"messages": [{"role": "user", "content": "What does badge error E4012 mean?"}], "top_k": 3}
+    question = "What does badge error E4012 mean?"
+    ask = {"messages": [{"role": "user", "content": question}], "top_k": 3}
     r = http.post("/v1/chat/completions", json=ask).json()
-    assert r["query"]["query"] == ask["messages"][0]["content"]
+    assert r["query"]["query"] == question
     answer = r["choices"][0]["message"]["content"]
     assert [c["n"] for c in r["citations"]] == cited_numbers(answer, len(r["sources"])) != []
     assert all(c in r["sources"] for c in r["citations"])
