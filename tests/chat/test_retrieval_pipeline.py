@@ -251,3 +251,32 @@ def test_the_harness_reports_a_refused_mode_instead_of_failing(http, corpus):
     single = [q for q in QUESTIONS if q.kind == "single"][:2]
     result = harness.evaluate(post(http), single, "hybrid", {"search_type": "hybrid", "bogus_mode": 1}, TEXTS)
     assert result.refused and result.refused.startswith("422") and "refused by the server" in result.line()
+
+
+def test_openai_stream_carries_query_first_and_citations_on_the_finishing_chunk(http, corpus):
+    import json
+
+    ask = {
+        "messages": [{"role": "user", "content": "How long are nightly snapshots kept?"}],
+        "top_k": 3,
+        "stream": True,
+    }
+    with http.stream("POST", "/v1/chat/completions", json=ask) as r:
+        chunks = [json.loads(ln[6:]) for ln in r.iter_lines() if ln.startswith("data: {")]
+    assert chunks[0]["query"]["query"] == ask["messages"][0]["content"] and chunks[0]["sources"]
+    finishing = next(c for c in chunks if c["choices"] and c["choices"][0]["finish_reason"])
+    answer = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"])
+    assert [c["n"] for c in finishing["citations"]] == cited_numbers(answer, len(chunks[0]["sources"]))
+
+
+def test_rerank_and_rewrite_figures_reach_the_metrics(http, corpus, deps):
+    seen: list[dict] = []
+    deps.metrics = lambda model, figures: seen.append(dict(figures))
+    q = next(q for q in QUESTIONS if q.kind == "followup")
+    with http.stream("POST", "/chat/completions/stream", json={"messages": list(q.messages), "rerank": True}) as r:
+        usage = next(d for e, d, _ in read_sse(r) if e == "usage")
+    (figures,) = seen
+    assert figures["RerankTokens"][1] == usage["rerank_tokens"] > 0 and figures["RerankFallback"][1] == 0
+    assert figures["RewriteTokens"][1] == usage["rewrite_tokens"] > 0 and figures["RewriteFallback"][1] == 0
+    assert figures["EstimatedCostUSD"][1] == pytest.approx(usage["estimated_cost_usd"], abs=1e-8)
+    assert "RerankMs" in figures and "RewriteMs" in figures
