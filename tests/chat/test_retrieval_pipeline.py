@@ -256,21 +256,18 @@ def test_the_harness_reports_a_refused_mode_instead_of_failing(http, corpus):
 def test_openai_stream_carries_query_first_and_citations_on_the_finishing_chunk(http, corpus):
     import json
 
-    ask = {
-        "messages": [{"role": "user", "content": "How long are nightly snapshots kept?"}],
-        "top_k": 3,
-        "stream": True,
-    }
+    question = "How long are nightly snapshots kept?"
+    ask = {"messages": [{"role": "user", "content": question}], "top_k": 3, "stream": True}
     with http.stream("POST", "/v1/chat/completions", json=ask) as r:
         chunks = [json.loads(ln[6:]) for ln in r.iter_lines() if ln.startswith("data: {")]
-    assert chunks[0]["query"]["query"] == ask["messages"][0]["content"] and chunks[0]["sources"]
+    assert chunks[0]["query"]["query"] == question and chunks[0]["sources"]
     finishing = next(c for c in chunks if c["choices"] and c["choices"][0]["finish_reason"])
     answer = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"])
     assert [c["n"] for c in finishing["citations"]] == cited_numbers(answer, len(chunks[0]["sources"]))
 
 
 def test_rerank_and_rewrite_figures_reach_the_metrics(http, corpus, deps):
-    seen: list[dict] = []
+    seen: list[dict[str, tuple[object, float]]] = []
     deps.metrics = lambda model, figures: seen.append(dict(figures))
     q = next(q for q in QUESTIONS if q.kind == "followup")
     with http.stream("POST", "/chat/completions/stream", json={"messages": list(q.messages), "rerank": True}) as r:
