@@ -11,6 +11,7 @@ whatever ``post`` returns, so the same code scores the stand-ins and the real mo
 from __future__ import annotations
 
 import json
+import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -129,6 +130,7 @@ class ModeResult:
     rerank_tokens: int = 0
     rewrite_tokens: int = 0
     queries: dict[str, str] = field(default_factory=dict)  # question id -> what was searched
+    retrieval_ms: list[float] = field(default_factory=list)  # server-side, per question (rewrite included)
 
     @property
     def recall(self) -> float:
@@ -143,6 +145,8 @@ class ModeResult:
             return f"{self.name:<26} refused by the server: {self.refused}"
         extra = f", unanswerable with no sources {self.empty_on_unanswerable}/{self.unanswerable}"
         tokens = f", rerank tokens {self.rerank_tokens}, rewrite tokens {self.rewrite_tokens}"
+        if self.retrieval_ms:
+            tokens += f", median retrieval {statistics.median(self.retrieval_ms):.0f} ms"
         return (
             f"{self.name:<26} recall@{K} {self.recall:.3f}  MRR {self.mrr:.3f}  "
             f"({len(self.ranks)} questions{extra if self.unanswerable else ''}{tokens})"
@@ -167,6 +171,7 @@ def evaluate(
         result.rerank_tokens += int(usage.get("rerank_tokens") or 0)
         result.rewrite_tokens += int(usage.get("rewrite_tokens") or 0)
         result.queries[q.id] = str(body.get("query"))
+        result.retrieval_ms.append(float((usage.get("latency_ms") or {}).get("retrieval") or 0.0))
         result.questions += 1
         if q.kind == "none":
             result.unanswerable += 1
