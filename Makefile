@@ -15,7 +15,7 @@ DOCS ?= samples
 Q ?=
 ARGS ?=
 
-.PHONY: help setup demo serve deploy backfill lint typecheck validate build checkov unit test soak bench bench-results doctor clean
+.PHONY: help setup demo serve deploy backfill lint typecheck validate build checkov unit test soak bench bench-results eval doctor clean
 
 # `make build ARCH=x86_64` builds for the other architecture (deploy with the same Architecture).
 ARCH ?= arm64
@@ -35,6 +35,7 @@ help:
 	@echo "make backfill  index what is already in the deployed bucket, via its queue (ARGS=\"--prune\", \"--dry-run\", \"--local\")"
 	@echo "make bench     benchmarks (bench/), printed and written to .bench/RESULTS.md"
 	@echo "make bench-results  the same, written to the tracked bench/RESULTS.md"
+	@echo "make eval      retrieval recall@5 and MRR per mode on bench/eval/ (stand-ins, or the real models with DASHSCOPE_API_KEY)"
 	@echo "make doctor    check the configured DashScope and OpenSearch (key, region, models, index)"
 	@echo "Needs python3.12 (found: $(PYTHON)) and make; uv is used when installed: $(or $(UV),not found)."
 
@@ -115,6 +116,9 @@ bench: setup build
 
 bench-results: setup build
 	BENCH_RESULTS=bench/RESULTS.md $(RUN) python -m bench
+
+eval: setup  # index samples/ + bench/eval/corpus/ through the local stack, score POST /v1/retrieve per mode
+	$(RUN) python -m bench.eval
 
 doctor: setup
 	$(RUN) python -m rag_shared.doctor

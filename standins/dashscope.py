@@ -100,6 +100,25 @@ CHAT_REGIONS: dict[str, set[str]] = {
     "deepseek-v3": set(),
     "deepseek-r1": set(),
 }
+# Text rerank (Model Studio "Text rerank" API page, alibabacloud.com/help/en/model-studio/text-rerank-api,
+# Mar 15, 2026): native endpoint POST /api/v1/services/rerank/text-rerank/text-rerank on the region's host.
+# Singapore lists only qwen3-rerank (500 documents, 4,000 tokens per item, 120,000 per request); Beijing
+# lists gte-rerank-v2 (500, 4,000, 30,000) and, on the mainland page (help.aliyun.com/zh/model-studio/
+# text-rerank-api), qwen3-rerank with 30,000 per request. Tokens per request = query tokens x documents
+# + all document tokens (the page's formula); an item over 4,000 tokens is truncated, not refused.
+RERANK_PATH = "/api/v1/services/rerank/text-rerank/text-rerank"
+RERANK_LIMITS: dict[str, dict[str, int]] = {
+    "qwen3-rerank": {"documents": 500, "item_tokens": 4000},
+    "gte-rerank-v2": {"documents": 500, "item_tokens": 4000},
+}
+RERANK_REGIONS: dict[str, dict[str, int]] = {  # model -> region -> max tokens per request
+    "qwen3-rerank": {"ap-southeast-1": 120000, "cn-beijing": 30000},
+    "gte-rerank-v2": {"cn-beijing": 30000},
+}
+# A stand-in behaviour, not DashScope's: a chat call whose system message asks for a "standalone"
+# query (a follow-up rewrite) gets the last user question plus the salient words of the earlier user
+# turns, deterministically, instead of an answer; see rewrite_followup.
+REWRITE_MARKER = "standalone"
 MODERATION_TRIGGER = "FORBIDDEN-TOPIC"
 _WORD = re.compile(r"[\u3400-\u9fff]|[^\W_]+|[^\w\s]")
 
@@ -167,6 +186,134 @@ def fake_embedding(text: str, dims: int) -> list[float]:
     return [v / norm for v in vec]
 
 
+def native_error(code: str, message: str) -> dict[str, Any]:
+    """The native API's error body (``{"request_id", "code", "message"}``, text-rerank-api page)."""
+    return {"request_id": str(uuid.uuid4()), "code": code, "message": message}
+
+
+def _terms(text: str) -> list[str]:
+    """Lower-case words, and CJK characters as overlapping pairs (as the fake embedding does)."""
+    words = [w.lower() for w in re.findall(r"[^\W_]+", text) if not re.match(r"[\u3400-\u9fff]", w)]
+    cjk = re.findall(r"[\u3400-\u9fff]", text)
+    return words + ([a + b for a, b in zip(cjk, cjk[1:], strict=False)] or cjk)
+
+
+def bm25_scores(query: str, docs: list[str], k1: float = 1.2, b: float = 0.75) -> list[float]:
+    """BM25 of each document for the query, IDF over the documents sent: a lexical proxy for a rerank
+    model, so that ordering changes are testable (a real model scores meaning, not shared words)."""
+    terms = [_terms(d) for d in docs]
+    avg = sum(len(t) for t in terms) / len(terms) or 1.0
+    n = len(docs)
+    df: dict[str, int] = {}
+    for t in terms:
+        for w in set(t):
+            df[w] = df.get(w, 0) + 1
+    out = []
+    for t in terms:
+        tf: dict[str, int] = {}
+        for w in t:
+            tf[w] = tf.get(w, 0) + 1
+        score = 0.0
+        for q in set(_terms(query)):
+            if q in tf:
+                idf = math.log(1 + (n - df[q] + 0.5) / (df[q] + 0.5))
+                score += idf * tf[q] * (k1 + 1) / (tf[q] + k1 * (1 - b + b * len(t) / avg))
+        out.append(score)
+    return out
+
+
+_STOP = frozenset(
+    [
+        "what",
+        "which",
+        "when",
+        "where",
+        "who",
+        "whom",
+        "whose",
+        "why",
+        "how",
+        "does",
+        "did",
+        "do",
+        "is",
+        "are",
+        "was",
+        "were",
+        "the",
+        "a",
+        "an",
+        "and",
+        "or",
+        "of",
+        "to",
+        "in",
+        "on",
+        "for",
+        "with",
+        "about",
+        "from",
+        "that",
+        "this",
+        "these",
+        "those",
+        "there",
+        "their",
+        "our",
+        "your",
+        "my",
+        "me",
+        "we",
+        "you",
+        "it",
+        "its",
+        "can",
+        "could",
+        "should",
+        "would",
+        "will",
+        "shall",
+        "may",
+        "might",
+        "be",
+        "been",
+        "have",
+        "has",
+        "had",
+        "not",
+        "any",
+        "some",
+        "more",
+        "most",
+        "also",
+        "then",
+        "than",
+        "into",
+        "over",
+        "under",
+    ]
+)
+
+
+def rewrite_followup(messages: list[dict[str, Any]]) -> str:
+    """The stand-in's deterministic "rewrite": the last user question followed by the salient words
+    (not stop words, 3+ letters, not already asked; CJK runs whole) of the earlier user turns."""
+    users = [str(m.get("content") or "") for m in messages if m.get("role") == "user"]
+    if not users:
+        return ""
+    question, earlier = users[-1].strip(), users[:-1]
+    asked = {w.lower() for w in re.findall(r"[^\W_]+", question)}
+    extra: list[str] = []
+    for turn in earlier:
+        for w in re.findall(r"[\u3400-\u9fff]+|[^\W_]+", turn):
+            key = w.lower()
+            cjk = bool(re.match(r"[\u3400-\u9fff]", w))
+            if (cjk or (len(w) >= 3 and key not in _STOP)) and key not in asked:
+                asked.add(key)
+                extra.append(w)
+    return f"{question} {' '.join(extra[:12])}".strip()
+
+
 def error_body(code: str, message: str, etype: str = "invalid_request_error") -> dict[str, Any]:
     return {
         "error": {"message": message, "type": etype, "param": None, "code": code},
@@ -208,6 +355,7 @@ class StandInState:
     stream_times: list[float] = field(default_factory=list)  # when each stream chunk was written
     streams_abandoned: list[int] = field(default_factory=list)  # frames written before the caller hung up
     chat_bodies: list[dict[str, Any]] = field(default_factory=list)  # every chat request body, as sent
+    rerank_tokens: list[int] = field(default_factory=list)  # usage.total_tokens of each rerank answered
 
 
 # --- region, length and in-stream errors (fidelity) ---------------------------------------------------
@@ -312,6 +460,10 @@ class DashScopeStandIn(RegionFacts, StandInServer):
             self.max_in_flight = 0
         self.quota.reset()
 
+    def rerank_tokens_total(self) -> int:
+        with self.lock:
+            return sum(self.state.rerank_tokens)
+
     def calls(self, suffix: str = "", status: int | None = None) -> list[Call]:
         with self.lock:
             return [c for c in self.state.calls if c.path.endswith(suffix) and (status is None or c.status == status)]
@@ -360,7 +512,8 @@ class DashScopeStandIn(RegionFacts, StandInServer):
         if not auth.startswith("Bearer ") or auth.removeprefix("Bearer ") not in self.api_keys:
             self._record(req, model, 0, 401)
             return req.send_json(401, error_body("invalid_api_key", "Incorrect API key provided. "))
-        if req.method != "POST" or not (req.path.endswith("/embeddings") or req.path.endswith("/chat/completions")):
+        endpoints = ("/embeddings", "/chat/completions", RERANK_PATH)
+        if req.method != "POST" or not req.path.endswith(endpoints):
             return req.send_json(404, error_body("NotFound", f"{req.method} {req.path} not found"))
         refused = self.quota.admit(model or "", request_tokens(body))  # before the latency: a 429 is quick
         if refused is not None:
@@ -381,6 +534,8 @@ class DashScopeStandIn(RegionFacts, StandInServer):
             return req.send_json(fault.status, error_body(fault.code, fault.message), headers)
         if req.path.endswith("/embeddings"):
             return self._embeddings(req, body)
+        if req.path.endswith(RERANK_PATH):
+            return self._rerank(req, body)
         return self._chat(req, body, fault if fault and fault.kind in ("drop_stream", "stream_error") else None)
 
     def _control(self, req: Request) -> None:
@@ -461,7 +616,57 @@ class DashScopeStandIn(RegionFacts, StandInServer):
             },
         )
 
+    def _rerank(self, req: Request, body: dict[str, Any]) -> None:
+        """The native rerank API: results best first, scored by BM25 over the documents sent."""
+        model = str(body.get("model") or "")
+        inp: dict[str, Any] = body["input"] if isinstance(body.get("input"), dict) else {}
+        query, docs = inp.get("query"), inp.get("documents")
+        size = len(docs) if isinstance(docs, list) else 0
+
+        def bad(status: int, code: str, message: str) -> None:
+            self._record(req, model, size, status)
+            req.send_json(status, native_error(code, message))
+
+        limits = RERANK_LIMITS.get(model)
+        max_request = RERANK_REGIONS.get(model, {}).get(self.region_for(req))
+        if limits is None or max_request is None:
+            return bad(404, "ModelNotFound", f"Model not found ({model})!")
+        if not isinstance(query, str) or not query:
+            return bad(400, "InvalidParameter", "input.query must be a non-empty string")
+        if not isinstance(docs, list) or not docs or not all(isinstance(d, str) for d in docs):
+            return bad(400, "InvalidParameter", "input.documents must be a non-empty list of strings")
+        if len(docs) > limits["documents"]:
+            return bad(400, "InvalidParameter", f"The number of documents should be [1, {limits['documents']}]")
+        cap = limits["item_tokens"]
+        q_tokens = min(count_tokens(query), cap)
+        d_tokens = [min(count_tokens(d), cap) for d in docs]
+        total = q_tokens * len(docs) + sum(d_tokens)
+        if total > max_request:
+            # message wording not documented on the page: the stand-in's own, with the documented limit
+            return bad(400, "InvalidParameter", f"Range of input length should be [1, {max_request}]")
+        params: dict[str, Any] = body["parameters"] if isinstance(body.get("parameters"), dict) else {}
+        top_n = params.get("top_n", len(docs))
+        if not isinstance(top_n, int) or top_n < 1:
+            return bad(400, "InvalidParameter", "parameters.top_n must be a positive integer")
+        scores = bm25_scores(query, docs)
+        ranked = sorted(range(len(docs)), key=lambda i: (-scores[i], i))[:top_n]
+        results: list[dict[str, Any]] = []
+        for i in ranked:
+            item: dict[str, Any] = {"index": i, "relevance_score": round(scores[i] / (scores[i] + 4.0), 6)}
+            if params.get("return_documents"):
+                item["document"] = {"text": docs[i]}
+            results.append(item)
+        self._record(req, model, size, 200)
+        with self.lock:
+            self.state.rerank_tokens.append(total)
+        req.send_json(
+            200, {"output": {"results": results}, "usage": {"total_tokens": total}, "request_id": str(uuid.uuid4())}
+        )
+
     def _answer(self, messages: list[dict[str, Any]]) -> str:
+        system = "\n".join(str(m.get("content")) for m in messages if m.get("role") == "system")
+        if REWRITE_MARKER in system.lower():
+            return rewrite_followup(messages)
         if self.reply is not None:
             return self.reply
         question = next((str(m.get("content")) for m in reversed(messages) if m.get("role") == "user"), "")

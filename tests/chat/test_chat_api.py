@@ -43,17 +43,24 @@ def test_tokens_arrive_as_produced_not_buffered(http, indexed, dashscope):
 def test_sources_match_indexed_chunks_and_usage_matches_upstream(http, indexed, dashscope):
     _, events = stream(http, ASK)
     kinds = [e for e, _, _ in events]
-    assert kinds[0] == "sources" and kinds[-1] == "done"
-    sources = events[0][1]["sources"]
+    assert kinds[:2] == ["query", "sources"] and kinds[-1] == "done"
+    assert events[0][1] == {
+        "query": ASK["messages"][-1]["content"],
+        "original": ASK["messages"][-1]["content"],
+        "rewritten": False,
+    }
+    sources = events[1][1]["sources"]
     assert sources and sources[0]["source_key"] == "samples/handbook.md"
     assert {s["source_key"] for s in sources} <= set(indexed)
-    assert all(a["score"] >= b["score"] for a, b in zip(sources, sources[1:], strict=False))
+    # reranked by default (the region's rerank model): in relevance order, not search order
+    assert all(a["rerank_score"] >= b["rerank_score"] for a, b in zip(sources, sources[1:], strict=False))
     usage = next(d for e, d, _ in events if e == "usage")
     upstream = dashscope.state.last_usage
     assert usage["prompt_tokens"] == upstream["prompt_tokens"]
     assert usage["completion_tokens"] == upstream["completion_tokens"]
     assert usage["embedding_tokens"] > 0 and usage["estimated_cost_usd"] > 0
-    assert set(usage["latency_ms"]) == {"retrieval", "first_token", "total"}
+    assert set(usage["latency_ms"]) == {"retrieval", "rerank", "first_token", "total"}
+    assert usage["rerank_tokens"] == dashscope.rerank_tokens_total() > 0
     answer = "".join(d["text"] for e, d, _ in events if e == "delta")
     assert "[1] samples/handbook.md" in answer  # the model was given the passages with sources
 
@@ -61,13 +68,13 @@ def test_sources_match_indexed_chunks_and_usage_matches_upstream(http, indexed, 
 def test_filter_by_key_prefix(http, indexed):
     body = {**ASK, "filter": {"key_prefix": "samples/faq"}}
     _, events = stream(http, body)
-    assert {s["source_key"] for s in events[0][1]["sources"]} == {"samples/faq-zh.md"}
+    assert {s["source_key"] for s in events[1][1]["sources"]} == {"samples/faq-zh.md"}
 
 
 def test_empty_index_answers_without_context_and_says_so(http, dashscope):
     _, events = stream(http, ASK)
-    assert events[0][0] == "sources"
-    assert events[0][1]["sources"] == [] and "without document context" in events[0][1]["note"]
+    assert [e for e, _, _ in events][:2] == ["query", "sources"]
+    assert events[1][1]["sources"] == [] and "without document context" in events[1][1]["note"]
     assert any(e == "delta" for e, _, _ in events)
 
 
@@ -76,7 +83,7 @@ def test_context_length_error_retries_once_without_passages(http, indexed, dashs
     _, events = stream(http, ASK)
     chat_calls = dashscope.calls("/chat/completions")
     assert [c.status for c in chat_calls] == [400, 200]
-    assert events[0][1]["sources"] == []
+    assert events[1][1]["sources"] == []
     notices = [d["message"] for e, d, _ in events if e == "notice"]
     assert any("without the retrieved passages" in n for n in notices)
     assert any(e == "delta" for e, _, _ in events)

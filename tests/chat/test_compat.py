@@ -186,7 +186,7 @@ DEEPWIKI = {
 def test_the_seeds_deepwiki_body_is_accepted(http, indexed, dashscope, caplog):
     caplog.set_level(logging.INFO)
     _, events = stream(http, DEEPWIKI)
-    sources = events[0][1]["sources"]
+    sources = next(d for e, d, _ in events if e == "sources")["sources"]
     assert sources and {s["source_key"] for s in sources} == {"samples/faq-zh.md"}  # filePath narrows retrieval
     system = dashscope.state.chat_bodies[-1]["messages"][0]["content"]
     assert "Answer in Japanese." in system

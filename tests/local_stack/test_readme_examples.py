@@ -8,6 +8,7 @@ The README's addresses, ports and token must be the ones ``make serve`` uses.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -81,7 +82,10 @@ def _answered_from_the_samples(out: str) -> None:
 @pytest.mark.parametrize("code", SHELL, ids=[f"bash-{i}" for i in range(len(SHELL))])
 def test_shell_example(served: Served, code: str) -> None:
     out = _run(["bash", "-eo", "pipefail", "-c", code], _env(served, code))
-    if "curl" in code:
+    if "/v1/retrieve" in code:  # retrieval only: JSON, no answer
+        body = json.loads(out)
+        assert body["sources"] and all(s["source_key"].startswith("samples/") for s in body["sources"]), out
+    elif "curl" in code:
         assert "event: sources" in out and '"source_key": "samples/' in out, out
         assert out.count("event: delta") > 3 and "event: done" in out
     else:

@@ -4,9 +4,10 @@ On Lambda, ``run.sh`` starts uvicorn and the adapter (``AWS_LWA_INVOKE_MODE=resp
 relays each function URL request to it and streams the response back as it is written. Locally
 the same app runs under uvicorn directly.
 
-Endpoints: ``POST /chat/completions/stream`` (Server-Sent Events: ``sources``, ``notice``,
-``delta``, ``reasoning``, ``usage``, ``error``, ``done``); ``POST /v1/chat/completions``
-(OpenAI-compatible, streaming or not); ``GET /v1/models``; ``GET /health``.
+Endpoints: ``POST /chat/completions/stream`` (Server-Sent Events: ``query``, ``sources``, ``notice``,
+``delta``, ``reasoning``, ``citations``, ``usage``, ``error``, ``done``); ``POST /v1/chat/completions``
+(OpenAI-compatible, streaming or not); ``POST /v1/retrieve`` (retrieval only, JSON);
+``GET /v1/models``; ``GET /health``.
 """
 
 from __future__ import annotations
@@ -35,8 +36,20 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from chat import page
 from chat.guard import Guard, on_lambda, token_source
-from chat.models import ChatRequest, OpenAIChatRequest, StreamRequest, UnsupportedParameter
-from chat.service import ChatDeps, ChatEvent, ChatService, Delta, Finished, Notice, Reasoning, Sources, ToolCalls
+from chat.models import ChatRequest, OpenAIChatRequest, RetrieveRequest, StreamRequest, UnsupportedParameter
+from chat.service import (
+    ChatDeps,
+    ChatEvent,
+    ChatService,
+    Citations,
+    Delta,
+    Finished,
+    Notice,
+    Query,
+    Reasoning,
+    Sources,
+    ToolCalls,
+)
 from chat.settings import ChatSettings
 
 logger = Logger(service="chat")
@@ -166,6 +179,10 @@ async def native_sse(first: ChatEvent, rest: AsyncIterator[ChatEvent], request_i
                 yield sse("sources", {"sources": ev.sources, "note": ev.note})
             elif isinstance(ev, Notice):
                 yield sse("notice", {"message": ev.message})
+            elif isinstance(ev, Query):
+                yield sse("query", ev.payload())
+            elif isinstance(ev, Citations):
+                yield sse("citations", {"citations": ev.citations})
             elif isinstance(ev, Finished):
                 yield sse("usage", ev.payload())
     except Exception as exc:
@@ -176,9 +193,13 @@ async def native_sse(first: ChatEvent, rest: AsyncIterator[ChatEvent], request_i
 async def openai_sse(
     first: ChatEvent, rest: AsyncIterator[ChatEvent], model: str, include_usage: bool, request_id: str
 ) -> AsyncIterator[bytes]:
-    """OpenAI ``chat.completion.chunk`` frames; sources ride on the first chunk as an extra field."""
+    """OpenAI ``chat.completion.chunk`` frames. Our events ride as extra fields, which OpenAI clients
+    ignore: ``sources``, ``sources_note`` and ``query`` (what was searched) on the first chunk,
+    ``citations`` on the finishing chunk."""
     cid = f"chatcmpl-{request_id[:24]}"
     created = int(time.time())
+    query: dict[str, Any] | None = None
+    citations: list[dict[str, Any]] | None = None
 
     def chunk(delta: dict[str, Any], finish: str | None = None, **extra: Any) -> bytes:
         body = {
@@ -193,8 +214,13 @@ async def openai_sse(
 
     try:
         async for ev in _prepend(first, rest):
-            if isinstance(ev, Sources):
-                yield chunk({"role": "assistant", "content": ""}, sources=ev.sources, sources_note=ev.note)
+            if isinstance(ev, Query):
+                query = ev.payload()
+            elif isinstance(ev, Citations):
+                citations = ev.citations
+            elif isinstance(ev, Sources):
+                extra: dict[str, Any] = {"query": query} if query else {}
+                yield chunk({"role": "assistant", "content": ""}, sources=ev.sources, sources_note=ev.note, **extra)
             elif isinstance(ev, Delta):
                 yield chunk({"content": ev.text})
             elif isinstance(ev, Reasoning):
@@ -202,7 +228,9 @@ async def openai_sse(
             elif isinstance(ev, ToolCalls):
                 yield chunk({"tool_calls": list(ev.calls)})
             elif isinstance(ev, Finished):
-                yield chunk({}, ev.finish_reason or "stop")
+                yield chunk(
+                    {}, ev.finish_reason or "stop", **({"citations": citations} if citations is not None else {})
+                )
                 if include_usage:
                     p = ev.payload()
                     usage = {k: p[k] for k in ("prompt_tokens", "completion_tokens", "total_tokens")}
@@ -375,6 +403,8 @@ def create_app(
                 headers={**SSE_HEADERS, "x-request-id": request_id},
             )
         text, reasoning, sources, finished = [], [], None, None
+        query: Query | None = None
+        citations: list[dict[str, Any]] = []
         calls: dict[int, dict[str, Any]] = {}
         ev: ChatEvent | None = first
         while ev is not None:
@@ -386,6 +416,10 @@ def create_app(
                 merge_tool_calls(calls, ev.calls)
             elif isinstance(ev, Sources):
                 sources = ev
+            elif isinstance(ev, Query):
+                query = ev
+            elif isinstance(ev, Citations):
+                citations = ev.citations
             elif isinstance(ev, Finished):
                 finished = ev
             ev = await anext(rest, None)
@@ -406,7 +440,34 @@ def create_app(
                 "usage": {k: p.get(k, 0) for k in ("prompt_tokens", "completion_tokens", "total_tokens")},
                 "sources": sources.sources if sources else [],
                 "sources_note": sources.note if sources else None,
+                "query": query.payload() if query else None,
+                "citations": citations,
                 "x_usage": p,
+            },
+            headers={"x-request-id": request_id},
+        )
+
+    @app.post("/v1/retrieve")
+    async def retrieve(req: RetrieveRequest, request: Request) -> JSONResponse:
+        """The retrieval pipeline alone (rewrite -> search -> rerank -> top k), as the chat runs it."""
+        request_id = _request_id(request)
+        svc = service()
+        k = svc.deps.settings.rag_top_k if req.top_k is None else req.top_k
+        found = await svc.retrieval(req.conversation(), k, req.filter, req)
+        u = found.usage
+        return JSONResponse(
+            {
+                "query": found.query.query,
+                "original_query": found.query.original,
+                "rewritten": found.query.rewritten,
+                "sources": found.sources(),
+                "note": found.note,
+                "notices": found.notices,
+                "usage": {
+                    **u.payload(),
+                    "estimated_cost_usd": round(u.cost_usd, 8),
+                    "latency_ms": found.latency_ms,
+                },
             },
             headers={"x-request-id": request_id},
         )

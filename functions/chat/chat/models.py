@@ -115,6 +115,9 @@ class RetrievalOptions(BaseModel):
     use_rag: bool = True
     top_k: int | None = Field(None, ge=0, le=50)
     filter: SearchFilter | None = None
+    # issue 16: None follows the deployment (RERANK_MODEL, QUERY_REWRITE); true/false force it per request
+    rerank: bool | None = None
+    rewrite_query: bool | None = None
     # None: the deployment's SEARCH_TYPE (default hybrid) and RAG_MIN_SCORE
     search_type: SearchType | None = None
     # A floor on the k-NN cosine score ((2 - d) / 2, in [0, 1]); keyword search has none (BM25 is unbounded)
@@ -189,6 +192,34 @@ class ChatRequest(RetrievalOptions):
     def question(self) -> str:
         """The last user message: what retrieval searches for."""
         return next(m.content or "" for m in reversed(self.messages) if m.role == "user")
+
+
+class RetrieveRequest(RetrievalOptions):
+    """Body of ``POST /v1/retrieve``: the retrieval pipeline alone (like Bedrock's Retrieve API), for a
+    ``query`` or for a conversation (``messages``, whose last user turn is searched, rewritten with
+    the history when query rewriting is on)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    query: str | None = Field(None, max_length=MAX_MESSAGE_CHARS)
+    messages: list[ChatMessage] | None = Field(None, min_length=1, max_length=MAX_MESSAGES)
+
+    @model_validator(mode="after")
+    def _one_input(self) -> RetrieveRequest:
+        if (self.query is None) == (self.messages is None):
+            raise ValueError("give either query or messages")
+        if self.query is not None and not self.query.strip():
+            raise ValueError("query is empty")
+        if self.messages is not None and not any(m.role == "user" and (m.content or "").strip() for m in self.messages):
+            raise ValueError("messages need a non-empty user message")
+        if not self.use_rag:
+            raise ValueError("use_rag=false means no retrieval; leave it out here")
+        return self
+
+    def conversation(self) -> list[ChatMessage]:
+        if self.messages is not None:
+            return self.messages
+        return [ChatMessage(role="user", content=self.query)]
 
 
 # deepwiki-open's language codes (its api/config/lang.json) and their names.

@@ -8,6 +8,7 @@ errors with a status code, while everything after the first token streams with n
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections.abc import AsyncGenerator
 from contextlib import aclosing
@@ -18,6 +19,7 @@ from aws_lambda_powertools import Logger
 from rag_shared.config import GeneratorModel, Settings, load_catalog
 from rag_shared.dashscope import (
     ChatParams,
+    Completion,
     DashScopeClient,
     ReasoningDelta,
     StreamEnd,
@@ -26,12 +28,13 @@ from rag_shared.dashscope import (
     ToolCallDelta,
 )
 from rag_shared.embeddings import Embedder
-from rag_shared.errors import BadRequestError, ContextLengthExceededError, ModelNotFoundError
+from rag_shared.errors import BadRequestError, ContextLengthExceededError, ModelNotFoundError, RagError
+from rag_shared.rerank import Reranker, fit_documents
 from rag_shared.store import SearchFilter, SearchHit, SearchResult, SearchType, VectorStore
 from rag_shared.tokens import estimate_tokens, truncate_to_tokens
 from rag_shared.usage import Usage
 
-from chat.models import ChatRequest
+from chat.models import ChatMessage, ChatRequest, RetrievalOptions
 from chat.rag import DEFAULT_SYSTEM_PROMPT, PromptTooLong, build_prompt
 from chat.telemetry import MetricsSink, MetricUnit, emit_emf
 
@@ -53,6 +56,25 @@ class Notice:
 
 
 @dataclass(frozen=True)
+class Query:
+    """What retrieval searched for: the question, or its standalone rewrite."""
+
+    query: str
+    original: str
+    rewritten: bool
+
+    def payload(self) -> dict[str, Any]:
+        return {"query": self.query, "original": self.original, "rewritten": self.rewritten}
+
+
+@dataclass(frozen=True)
+class Citations:
+    """The numbered sources the answer cited (``[n]`` markers), in order of first citation."""
+
+    citations: list[dict[str, Any]]
+
+
+@dataclass(frozen=True)
 class Delta:
     text: str
 
@@ -70,38 +92,152 @@ class ToolCalls:
 
 
 @dataclass(frozen=True)
+class RetrievalUsage:
+    """Tokens and cost of the retrieval calls: embedding, rerank, follow-up rewrite."""
+
+    embedding: Usage = field(default_factory=Usage)
+    rerank: Usage = field(default_factory=Usage)
+    rewrite: Usage = field(default_factory=Usage)
+    rerank_fallback: bool = False
+    rewrite_fallback: bool = False
+
+    @property
+    def cost_usd(self) -> float:
+        return self.embedding.cost_usd + self.rerank.cost_usd + self.rewrite.cost_usd
+
+    def payload(self) -> dict[str, Any]:
+        return {
+            "embedding_tokens": self.embedding.prompt_tokens,
+            "rerank_tokens": self.rerank.prompt_tokens,
+            "rewrite_tokens": self.rewrite.total_tokens,
+        }
+
+    def figures(self) -> dict[str, tuple[MetricUnit, float]]:
+        out: dict[str, tuple[MetricUnit, float]] = {"EmbeddingTokens": (MetricUnit.Count, self.embedding.prompt_tokens)}
+        if self.rerank.calls or self.rerank_fallback:
+            out["RerankTokens"] = (MetricUnit.Count, self.rerank.prompt_tokens)
+            out["RerankFallback"] = (MetricUnit.Count, int(self.rerank_fallback))
+        if self.rewrite.calls or self.rewrite_fallback:
+            out["RewriteTokens"] = (MetricUnit.Count, self.rewrite.total_tokens)
+            out["RewriteFallback"] = (MetricUnit.Count, int(self.rewrite_fallback))
+        return out
+
+
+@dataclass(frozen=True)
 class Finished:
     model: str
     usage: Usage
     embedding_usage: Usage
     finish_reason: str | None
     latency_ms: dict[str, float]
+    retrieval: RetrievalUsage | None = None
+
+    def _retrieval(self) -> RetrievalUsage:
+        return self.retrieval or RetrievalUsage(embedding=self.embedding_usage)
 
     def payload(self) -> dict[str, Any]:
+        r = self._retrieval()
         return {
             "model": self.model,
             "prompt_tokens": self.usage.prompt_tokens,
             "completion_tokens": self.usage.completion_tokens,
             "total_tokens": self.usage.total_tokens,
-            "embedding_tokens": self.embedding_usage.prompt_tokens,
-            "estimated_cost_usd": round(self.usage.cost_usd + self.embedding_usage.cost_usd, 8),
+            **r.payload(),
+            "estimated_cost_usd": round(self.usage.cost_usd + r.cost_usd, 8),
             "finish_reason": self.finish_reason,
             "latency_ms": self.latency_ms,
         }
 
     def figures(self) -> dict[str, tuple[MetricUnit, float]]:
         """The answer's metrics (see :mod:`chat.telemetry`)."""
+        r = self._retrieval()
         latency = {f"{k.title().replace('_', '')}Ms": v for k, v in self.latency_ms.items()}
-        return {
-            "ChatCompleted": (MetricUnit.Count, 1),
-            "PromptTokens": (MetricUnit.Count, self.usage.prompt_tokens),
-            "CompletionTokens": (MetricUnit.Count, self.usage.completion_tokens),
-            "EmbeddingTokens": (MetricUnit.Count, self.embedding_usage.prompt_tokens),
-            "EstimatedCostUSD": (MetricUnit.NoUnit, self.usage.cost_usd + self.embedding_usage.cost_usd),
-        } | {name: (MetricUnit.Milliseconds, v) for name, v in latency.items()}
+        return (
+            {
+                "ChatCompleted": (MetricUnit.Count, 1),
+                "PromptTokens": (MetricUnit.Count, self.usage.prompt_tokens),
+                "CompletionTokens": (MetricUnit.Count, self.usage.completion_tokens),
+                "EstimatedCostUSD": (MetricUnit.NoUnit, self.usage.cost_usd + r.cost_usd),
+            }
+            | r.figures()
+            | {name: (MetricUnit.Milliseconds, v) for name, v in latency.items()}
+        )
 
 
-ChatEvent = Sources | Notice | Delta | Reasoning | ToolCalls | Finished
+ChatEvent = Query | Sources | Notice | Delta | Reasoning | ToolCalls | Citations | Finished
+
+
+@dataclass
+class Retrieval:
+    """The outcome of :meth:`ChatService.retrieval`: what was searched and what came back."""
+
+    query: Query
+    hits: list[SearchHit]
+    usage: RetrievalUsage
+    notices: list[str]
+    note: str | None
+    latency_ms: dict[str, float]
+    rerank_scores: dict[str, float] = field(default_factory=dict)  # hit id -> relevance score
+
+    def sources(self) -> list[dict[str, Any]]:
+        return [self.source(n, h) for n, h in enumerate(self.hits, start=1)]
+
+    def source(self, n: int, hit: SearchHit) -> dict[str, Any]:
+        entry = source_entry(n, hit)
+        if hit.id in self.rerank_scores:
+            entry["rerank_score"] = round(self.rerank_scores[hit.id], 6)
+        return entry
+
+
+# --- follow-up rewrite and citations (pure) -------------------------------------------------------
+
+REWRITE_PROMPT = (
+    "Rewrite the user's last message as a standalone search query that can be understood without the "
+    "conversation: resolve pronouns and references from the earlier turns, keep names, codes and numbers "
+    "exactly, keep the language of the last message. Reply with the query only; do not answer it."
+)
+REWRITE_MAX_TOKENS = 96  # a query, not an answer
+REWRITE_TURN_TOKENS = 400  # each earlier turn is cut to this: the rewrite needs the gist, not the whole
+REWRITE_TURNS = 6  # earlier turns kept
+
+
+def rewrite_messages(conversation: list[ChatMessage]) -> list[dict[str, Any]] | None:
+    """The rewrite call's messages, or None when there is nothing to rewrite (no earlier user turn)."""
+    turns = [m for m in conversation if m.role in ("user", "assistant") and (m.content or "").strip()]
+    last = max((i for i, m in enumerate(turns) if m.role == "user"), default=None)
+    if last is None or not any(m.role == "user" for m in turns[:last]):
+        return None
+    earlier = [
+        {"role": m.role, "content": truncate_to_tokens(m.content or "", REWRITE_TURN_TOKENS)}
+        for m in turns[:last][-REWRITE_TURNS:]
+    ]
+    return [
+        {"role": "system", "content": REWRITE_PROMPT},
+        *earlier,
+        {"role": "user", "content": truncate_to_tokens(turns[last].content or "", REWRITE_TURN_TOKENS)},
+    ]
+
+
+def clean_rewrite(text: str, limit: int = 1000) -> str:
+    """The model's rewrite as a query: its first non-empty line, unquoted, bounded."""
+    line = next((ln.strip() for ln in text.strip().splitlines() if ln.strip()), "")
+    line = line.removeprefix("Query:").removeprefix("query:").strip().strip("\"'“”「」").strip()
+    return line[:limit]
+
+
+_CITE = re.compile(r"\[(\d{1,3}(?:\s*[,，、]\s*\d{1,3})*)\]")
+
+
+def cited_numbers(answer: str, passages: int) -> list[int]:
+    """The passage numbers cited as ``[n]`` (or ``[n, m]``) in ``answer``, first citation first,
+    each once; numbers outside 1..passages (a model's invention) are left out."""
+    seen: list[int] = []
+    for group in _CITE.findall(answer):
+        for part in re.split(r"[,，、]", group):
+            n = int(part)
+            if 1 <= n <= passages and n not in seen:
+                seen.append(n)
+    return seen
 
 
 # --- service ------------------------------------------------------------------------------------
@@ -118,6 +254,8 @@ class ChatDeps:
     system_prompt: str = DEFAULT_SYSTEM_PROMPT
     metrics: MetricsSink = emit_emf
     extra: dict[str, Any] = field(default_factory=dict)
+    # None: built from settings.reranker (RERANK_MODEL or the region's default) with the client's key
+    reranker: Reranker | None = None
 
 
 NOTHING_MATCHED = (
@@ -127,7 +265,9 @@ NOTHING_MATCHED = (
 
 
 @dataclass(frozen=True)
-class Retrieval:
+class Found:
+    """One search: the hits, the embedding usage, and why nothing came back if nothing did."""
+
     hits: list[SearchHit]
     usage: Usage
     note: str | None = None
@@ -182,6 +322,9 @@ def answer_system_prompt(system_prompt: str, language: str | None) -> str:
 class ChatService:
     def __init__(self, deps: ChatDeps) -> None:
         self.deps = deps
+        model = deps.settings.reranker
+        if deps.reranker is None and model is not None:
+            deps.reranker = Reranker(deps.settings, deps.client.keys, model)
 
     def model(self, name: str | None) -> GeneratorModel:
         catalog = load_catalog()
@@ -212,7 +355,7 @@ class ChatService:
         *,
         search_type: SearchType | None = None,
         min_score: float | None = None,
-    ) -> Retrieval:
+    ) -> Found:
         """Retrieve with the request's search type and floor, else the deployment's (SEARCH_TYPE,
         RAG_MIN_SCORE; the default floor is not applied to keyword search, which has none). Keyword
         search makes no embedding call. The note says why nothing came back, if nothing did."""
@@ -226,7 +369,7 @@ class ChatService:
             result = await embedder.aembed([truncate_to_tokens(query, embedder.model.max_tokens_per_text)])
             usage = result.usage
             if result.vectors[0] is None:
-                return Retrieval([], usage, NOTHING_MATCHED)
+                return Found([], usage, NOTHING_MATCHED)
             vector = result.vectors[0]
         try:
             found = await asyncio.to_thread(
@@ -234,7 +377,97 @@ class ChatService:
             )
         except ValueError as exc:  # a search the store cannot run as asked (e.g. a query with no terms)
             raise BadRequestError(str(exc)) from None
-        return Retrieval(found.hits, usage, retrieval_note(found, floor))
+        return Found(found.hits, usage, retrieval_note(found, floor))
+
+    # --- the retrieval pipeline: rewrite -> search -> rerank -> top k (chat and /v1/retrieve) ---
+
+    async def retrieval(
+        self, conversation: list[ChatMessage], k: int, flt: SearchFilter | None, opts: RetrievalOptions
+    ) -> Retrieval:
+        """Retrieve the ``k`` passages for the conversation's last user message. Rewriting and
+        reranking degrade to the plain question and the search order (with a notice) when they
+        fail: they improve an answer, they never cost one."""
+        t0 = time.monotonic()
+        settings = self.deps.settings
+        notices: list[str] = []
+        latency: dict[str, float] = {}
+        question = next((m.content or "" for m in reversed(conversation) if m.role == "user"), "")
+        usage = RetrievalUsage()
+
+        query = Query(question, question, False)
+        rewrite = settings.query_rewrite == "history" if opts.rewrite_query is None else opts.rewrite_query
+        prompt = rewrite_messages(conversation) if rewrite else None
+        if prompt is not None:
+            t = time.monotonic()
+            text, rewrite_usage = await self._rewrite(prompt)
+            latency["rewrite"] = _ms(t)
+            if text:
+                query = Query(text, question, text != question)
+                usage = RetrievalUsage(rewrite=rewrite_usage)
+            else:
+                notices.append("the follow-up question could not be rewritten; searched for it as asked")
+                usage = RetrievalUsage(rewrite=rewrite_usage, rewrite_fallback=True)
+
+        reranker = self.deps.reranker
+        if opts.rerank and reranker is None:
+            raise BadRequestError("rerank=true, but no rerank model is configured here (RERANK_MODEL)")
+        use_rerank = reranker is not None and opts.rerank is not False
+        n = min(max(k * 4, k), max(settings.rerank_max_candidates, k)) if use_rerank else k
+
+        t = time.monotonic()
+        searched = await self.find(query.query, n, flt, search_type=opts.search_type, min_score=opts.min_score)
+        hits, embedding_usage = searched.hits, searched.usage
+        latency["search"] = _ms(t)
+        usage = RetrievalUsage(
+            embedding=embedding_usage,
+            rewrite=usage.rewrite,
+            rewrite_fallback=usage.rewrite_fallback,
+        )
+
+        scores: dict[str, float] = {}
+        if use_rerank and reranker is not None and len(hits) > 1:
+            t = time.monotonic()
+            try:
+                hits, scores, rerank_usage = await self._rerank(reranker, query.query, hits, k)
+                usage = RetrievalUsage(usage.embedding, rerank_usage, usage.rewrite, False, usage.rewrite_fallback)
+            except (RagError, TimeoutError) as exc:
+                logger.warning("rerank failed; kept the search order", extra={"error": str(exc)})
+                notices.append("reranking failed; the passages are in search order")
+                usage = RetrievalUsage(usage.embedding, Usage(), usage.rewrite, True, usage.rewrite_fallback)
+            latency["rerank"] = _ms(t)
+        hits = hits[:k]
+        latency["retrieval"] = _ms(t0)
+        return Retrieval(query, hits, usage, notices, searched.note if not hits else None, latency, scores)
+
+    async def _rewrite(self, messages: list[dict[str, Any]]) -> tuple[str, Usage]:
+        """The standalone query ('' on failure, logged) and the call's usage."""
+        settings = self.deps.settings
+        model = settings.rewrite_generator
+        params = ChatParams(temperature=0, max_tokens=REWRITE_MAX_TOKENS, enable_thinking=False)
+        try:
+            done: Completion = await asyncio.wait_for(
+                self.deps.client.acomplete(
+                    messages, model, params, call_timeout=settings.query_rewrite_timeout_seconds, max_retries=1
+                ),
+                settings.query_rewrite_timeout_seconds * 2 + 1,  # two tries, then give up
+            )
+        except (RagError, TimeoutError) as exc:
+            logger.warning("query rewrite failed; searched for the question as asked", extra={"error": str(exc)})
+            return "", Usage()
+        return clean_rewrite(done.text), done.usage
+
+    async def _rerank(
+        self, reranker: Reranker, query: str, hits: list[SearchHit], k: int
+    ) -> tuple[list[SearchHit], dict[str, float], Usage]:
+        """The hits in the reranker's order; candidates cut to fit its limits keep their search order after."""
+        q, docs = fit_documents(query, [h.text for h in hits], reranker.model)
+        result = await asyncio.wait_for(
+            reranker.rerank(q, docs, len(docs)), self.deps.settings.rerank_timeout_seconds * 3
+        )
+        order = [i for i, _ in result.order]
+        rest = [i for i in range(len(hits)) if i not in set(order)]
+        scores = {hits[i].id: score for i, score in result.order}
+        return [hits[i] for i in order + rest], scores, result.usage
 
     def metric_model(self, name: str | None) -> str:
         """A metric dimension value: a catalog model, never a caller's free text (each distinct
@@ -269,15 +502,16 @@ class ChatService:
         max_output = min(req.max_tokens or model.max_tokens, model.max_output_tokens)
         k = settings.rag_top_k if req.top_k is None else req.top_k
 
+        found: Retrieval | None = None
         hits: list[SearchHit] = []
-        embedding_usage = Usage()
         note: str | None = None
         if req.use_rag and k > 0:
-            found = await self.find(req.question(), k, flt, search_type=req.search_type, min_score=req.min_score)
-            hits, embedding_usage, note = found.hits, found.usage, found.note
+            found = await self.retrieval(req.messages, k, flt, req)
+            hits, note = found.hits, found.note
         else:
             note = "retrieval disabled for this request"
         retrieval_ms = _ms(t0)
+        retrieval_usage = found.usage if found else RetrievalUsage()
 
         system_prompt = answer_system_prompt(self.deps.system_prompt, req.answer_language())
 
@@ -325,28 +559,41 @@ class ChatService:
             upstream = self.deps.client.stream(prompt.messages, model, params)
             first = await anext(upstream)
 
-        yield Sources([source_entry(n, h) for n, h in enumerate(prompt.passages, start=1)], note)
-        for message in notices:
+        if found is not None:
+            yield found.query
+        entries = [found.source(n, h) if found else source_entry(n, h) for n, h in enumerate(prompt.passages, start=1)]
+        yield Sources(entries, note)
+        for message in (found.notices if found else []) + notices:
             yield Notice(message)
         first_token_ms = _ms(t0)
         event: StreamEvent | None = first
         streamed_tokens = 0  # estimated, for the log line if the caller leaves before the usage chunk
+        answer: list[str] = []
         try:
             while event is not None:
                 if isinstance(event, TextDelta):
                     streamed_tokens += estimate_tokens(event.text)
+                    answer.append(event.text)
                     yield Delta(event.text)
                 elif isinstance(event, ReasoningDelta):
                     yield Reasoning(event.text)
                 elif isinstance(event, ToolCallDelta):
                     yield ToolCalls(event.calls)
                 elif isinstance(event, StreamEnd):
+                    if prompt.passages:
+                        cited = cited_numbers("".join(answer), len(prompt.passages))
+                        yield Citations([entries[n - 1] for n in cited])
+                    latency = {"retrieval": retrieval_ms, "first_token": first_token_ms, "total": _ms(t0)}
+                    for step in ("rewrite", "rerank"):
+                        if found is not None and step in found.latency_ms:
+                            latency[step] = found.latency_ms[step]
                     done = Finished(
                         model.name,
                         event.usage,
-                        embedding_usage,
+                        retrieval_usage.embedding,
                         event.finish_reason,
-                        {"retrieval": retrieval_ms, "first_token": first_token_ms, "total": _ms(t0)},
+                        latency,
+                        retrieval_usage,
                     )
                     logger.info(
                         "chat completed",

@@ -7,8 +7,10 @@ instances, so concurrent requests (under uvicorn) cannot mix their figures.
 Metrics (namespace ``POWERTOOLS_METRICS_NAMESPACE``, by ``service`` and by ``service`` + ``model``):
 ``ChatCompleted``, ``ChatAbandoned`` (the caller left mid-answer), ``ChatRejected`` (moderation, unknown
 model, prompt too long), ``ChatFailed`` (DashScope or OpenSearch failing, throttling), ``PromptTokens``,
-``CompletionTokens``, ``EmbeddingTokens``, ``EstimatedCostUSD``, ``RetrievalMs``, ``FirstTokenMs``,
-``TotalMs``.
+``CompletionTokens``, ``EmbeddingTokens``, ``EstimatedCostUSD`` (answer, embedding, rerank and rewrite),
+``RetrievalMs``, ``FirstTokenMs``, ``TotalMs``; when reranking ran (or failed) ``RerankTokens``,
+``RerankFallback`` (1: search order kept) and ``RerankMs``; when a follow-up was rewritten (or the
+rewrite failed) ``RewriteTokens``, ``RewriteFallback`` and ``RewriteMs``.
 """
 
 from __future__ import annotations

@@ -68,6 +68,18 @@ class EmbeddingModel(BaseModel):
     source: str = ""
 
 
+class RerankModel(BaseModel):
+    """A text rerank model as offered in one region and the limits DashScope enforces for it."""
+
+    name: str
+    max_documents: PositiveInt
+    max_tokens_per_item: PositiveInt  # longer items are truncated by the service (we cut them first)
+    max_tokens_per_request: PositiveInt  # query tokens x documents + all document tokens
+    price_per_1k: float = Field(ge=0)
+    region: str | None = None
+    source: str = ""
+
+
 class Catalog(BaseModel):
     """The models one region offers (``region``), resolved from the shipped per-region catalog."""
 
@@ -76,6 +88,8 @@ class Catalog(BaseModel):
     embedders: dict[str, EmbeddingModel]
     default_embedder: str | None
     region: str
+    rerankers: dict[str, RerankModel] = Field(default_factory=dict)
+    default_reranker: str | None = None
 
 
 # --- the shipped catalog (all regions) ------------------------------------------------------------
@@ -121,6 +135,19 @@ class _EmbedderSpec(BaseModel):
     regions: dict[str, _EmbedderOffer] = Field(min_length=1)
 
 
+class _RerankerOffer(BaseModel):
+    max_tokens_per_request: PositiveInt
+    price_per_1k: float = Field(ge=0)
+    source: str = ""
+
+
+class _RerankerSpec(BaseModel):
+    max_documents: PositiveInt
+    max_tokens_per_item: PositiveInt
+    source: str = Field(min_length=1)
+    regions: dict[str, _RerankerOffer] = Field(min_length=1)
+
+
 class CatalogSpec(BaseModel):
     """Every model the catalog knows, with the regions that offer it (``catalog/*.json``)."""
 
@@ -128,6 +155,12 @@ class CatalogSpec(BaseModel):
     default_generator: str
     embedders: dict[str, _EmbedderSpec]
     default_embedders: dict[str, str]
+    rerankers: dict[str, _RerankerSpec] = Field(default_factory=dict)
+    default_rerankers: dict[str, str] = Field(default_factory=dict)
+
+    def reranker_regions(self, name: str) -> list[str]:
+        spec = self.rerankers.get(name)
+        return sorted(spec.regions) if spec else []
 
     def generator_regions(self, name: str) -> list[str]:
         spec = self.generators.get(name)
@@ -146,12 +179,27 @@ class CatalogSpec(BaseModel):
         embedders = {
             name: _embedder(name, spec, region) for name, spec in self.embedders.items() if region in spec.regions
         }
+        rerankers = {
+            name: RerankModel(
+                name=name,
+                max_documents=spec.max_documents,
+                max_tokens_per_item=spec.max_tokens_per_item,
+                max_tokens_per_request=spec.regions[region].max_tokens_per_request,
+                price_per_1k=spec.regions[region].price_per_1k,
+                region=region,
+                source="; ".join(s for s in (spec.source, spec.regions[region].source) if s),
+            )
+            for name, spec in self.rerankers.items()
+            if region in spec.regions
+        }
         return Catalog(
             generators=generators,
             default_generator=self.default_generator,
             embedders=embedders,
             default_embedder=self.default_embedders.get(region),
             region=region,
+            rerankers=rerankers,
+            default_reranker=self.default_rerankers.get(region),
         )
 
 
@@ -200,11 +248,14 @@ def load_catalog_spec() -> CatalogSpec:
     """The whole catalog shipped in the layer (``rag_shared/catalog/*.json``), every region."""
     gen = _read_catalog_file("generators.json")
     emb = _read_catalog_file("embedders.json")
+    rer = _read_catalog_file("rerankers.json")
     return CatalogSpec(
         generators=gen["models"],
         default_generator=gen["default"],
         embedders=emb["models"],
         default_embedders=emb["defaults"],
+        rerankers=rer["models"],
+        default_rerankers=rer["defaults"],
     )
 
 
@@ -378,6 +429,15 @@ class Settings(BaseSettings):
     search_type: Literal["semantic", "hybrid", "keyword"] = "hybrid"
     # Default floor on the k-NN cosine score ((2 - d) / 2, in [0, 1]); env RAG_MIN_SCORE; not applied to keyword
     min_score: float | None = Field(None, ge=0, le=1, validation_alias=AliasChoices("RAG_MIN_SCORE", "min_score"))
+    # Rerank (issue 16): unset, the region's default rerank model (catalog/rerankers.json); empty, off.
+    # Candidates fetched for it: 4 x top_k, at most RERANK_MAX_CANDIDATES (the API takes 500).
+    rerank_model: str | None = None
+    rerank_max_candidates: int = Field(40, ge=1, le=500)
+    rerank_timeout_seconds: float = Field(10.0, gt=0)
+    # Follow-up questions: with history, rewrite the last question into a standalone query first.
+    query_rewrite: Literal["off", "history"] = "history"
+    query_rewrite_model: str | None = None  # unset: the region's cheapest fast model (REWRITE_MODELS)
+    query_rewrite_timeout_seconds: float = Field(8.0, gt=0)
 
     @model_validator(mode="after")
     def _check_consistency(self) -> Self:
@@ -424,6 +484,30 @@ class Settings(BaseSettings):
                 f"EMBEDDING_DIMENSIONS={self.embedding_dimensions} is not offered by {emb.name} in "
                 f"{region.value}{hint}; choose one of {emb.dimensions}"
             )
+        if self.rerank_model:
+            if self.rerank_model not in spec.rerankers:
+                raise ValueError(
+                    f"RERANK_MODEL={self.rerank_model!r} is not in the catalog; known: {sorted(spec.rerankers)}"
+                )
+            if self.rerank_model not in catalog.rerankers:
+                raise ValueError(
+                    _not_offered(
+                        "RERANK_MODEL",
+                        self.rerank_model,
+                        spec.reranker_regions(self.rerank_model),
+                        region,
+                        catalog.default_reranker or "",
+                    )
+                )
+        rewrite = self.query_rewrite_model
+        if rewrite is not None and rewrite not in catalog.generators:
+            raise ValueError(
+                _not_offered(
+                    "QUERY_REWRITE_MODEL", rewrite, spec.generator_regions(rewrite), region, self.rewrite_generator.name
+                )
+                if rewrite in spec.generators
+                else f"QUERY_REWRITE_MODEL={rewrite!r} is not in the catalog; known: {sorted(spec.generators)}"
+            )
         if self.chunk_overlap_tokens >= self.chunk_size_tokens:
             raise ValueError(
                 f"CHUNK_OVERLAP_TOKENS ({self.chunk_overlap_tokens}) must be smaller than "
@@ -465,6 +549,29 @@ class Settings(BaseSettings):
     @property
     def dimensions(self) -> int:
         return self.embedding_dimensions or self.embedder.default_dimensions
+
+    @property
+    def reranker(self) -> RerankModel | None:
+        """The rerank model, or None when reranking is off (RERANK_MODEL empty, or none in the region)."""
+        catalog = self.catalog
+        name = catalog.default_reranker if self.rerank_model is None else self.rerank_model
+        return catalog.rerankers.get(name) if name else None
+
+    @property
+    def rewrite_generator(self) -> GeneratorModel:
+        """The model that rewrites follow-up questions: QUERY_REWRITE_MODEL, else the region's first
+        offered of REWRITE_MODELS (fast and cheap), else the chat model."""
+        catalog = self.catalog
+        if self.query_rewrite_model and self.query_rewrite_model in catalog.generators:
+            return catalog.generators[self.query_rewrite_model]
+        for name in REWRITE_MODELS:
+            if name in catalog.generators:
+                return catalog.generators[name]
+        return self.generator
+
+
+# Cheapest first (catalog prices, international: qwen-flash $0.05/M in, qwen-turbo $0.05/M, qwen-plus $0.4/M)
+REWRITE_MODELS = ("qwen-flash", "qwen-turbo", "qwen-plus")
 
 
 def load_settings(**overrides: Any) -> Settings:
