@@ -11,7 +11,15 @@ import openai
 import pytest
 
 from tests.chat.conftest import TOKEN
-from tests.chat.test_chat_api import ASK, stream
+from tests.chat.test_chat_api import ASK
+from tests.chat.test_chat_api import stream as stream_events
+
+
+def stream(http: Any, body: dict[str, Any]) -> tuple[Any, list[tuple[str, Any]]]:
+    """The stream's events after the leading ``query`` event (what was searched)."""
+    response, events = stream_events(http, body)
+    return response, [e for e in events if e[0] != "query"]
+
 
 ERROR_CODE_ASK: Any = {"messages": [{"role": "user", "content": "Which channel holds open incidents at handover?"}]}
 

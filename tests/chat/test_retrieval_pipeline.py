@@ -34,7 +34,11 @@ def corpus(settings, store, embedder, s3, bucket) -> list[str]:
         key = prefix + path.name
         put = s3.put_object(Bucket=bucket, Key=key, Body=Path(path).read_bytes())
         ev = ObjectEvent(action="upsert", bucket=bucket, key=key, etag=put["ETag"].strip('"'), sequencer=f"00A{n:04X}")
-        assert ix.handle(ev).action == "indexed"
+        action = ix.handle(ev).action
+        if key.endswith(".metadata.json"):  # a sidecar: applied to its document's chunks, not indexed
+            assert action == "metadata"
+            continue
+        assert action == "indexed"
         keys.append(key)
     store.refresh()
     return keys
