@@ -12,7 +12,7 @@ import time
 from collections.abc import AsyncGenerator
 from contextlib import aclosing
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aws_lambda_powertools import Logger
 from rag_shared.config import GeneratorModel, Settings, load_catalog
@@ -27,13 +27,16 @@ from rag_shared.dashscope import (
 )
 from rag_shared.embeddings import Embedder
 from rag_shared.errors import BadRequestError, ContextLengthExceededError, ModelNotFoundError
-from rag_shared.store import SearchFilter, SearchHit, VectorStore
+from rag_shared.store import SearchFilter, SearchHit
 from rag_shared.tokens import estimate_tokens, truncate_to_tokens
 from rag_shared.usage import Usage
 
 from chat.models import ChatRequest
 from chat.rag import DEFAULT_SYSTEM_PROMPT, PromptTooLong, build_prompt
 from chat.telemetry import MetricsSink, MetricUnit, emit_emf
+
+if TYPE_CHECKING:
+    from rag_shared.store import VectorStore  # loads opensearch-py: at first use, not at import
 
 logger = Logger(service="chat")
 
