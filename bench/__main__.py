@@ -62,6 +62,17 @@ def machine() -> str:
     return f"{os.cpu_count()} cores ({cpu}){mem}, Python {platform.python_version()}, {platform.system()}"
 
 
+def kept_sections(path: Path) -> str:
+    """The ``## `` sections after the table of an existing results file (figures other benches or
+    runs added by hand), kept when the table is rewritten."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError:
+        return ""
+    start = next((i for i, line in enumerate(lines) if line.startswith("## ")), None)
+    return "" if start is None else "\n".join(["", *lines[start:], ""])
+
+
 def main(argv: list[str]) -> int:
     chosen = argv or list(BENCHES)
     quick = os.environ.get("BENCH_QUICK", "") not in ("", "0")
@@ -92,7 +103,7 @@ def main(argv: list[str]) -> int:
         # `make bench` writes to the untracked .bench/; `make bench-results` to the tracked bench/RESULTS.md
         out = Path(os.environ.get("BENCH_RESULTS") or Path(__file__).with_name("RESULTS.md"))
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(text, encoding="utf-8")
+        out.write_text(text + kept_sections(out), encoding="utf-8")
         print(f"\nwritten to {out}", file=sys.stderr)
     return 0
 

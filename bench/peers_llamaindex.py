@@ -12,7 +12,9 @@
 
 Given our chunks as ``TextNode`` s (no LlamaIndex splitter: the same chunks for every contender),
 25 texts per call (text-embedding-v2's limit), 8 calls in flight like the others, the SDK's own
-retries on 429 (``max_retries=10`` by default). ``engine="faiss"``: the default nmslib cannot create
+retries on 429 (``max_retries=10`` by default). The vector store's async OpenSearch client runs in
+the event loops LlamaIndex starts and stops itself, so it cannot be closed afterwards: aiohttp's
+"Unclosed client session" warnings at exit come from there. ``engine="faiss"``: the default nmslib cannot create
 an index on OpenSearch 3.x, which the stand-in models.
 """
 
