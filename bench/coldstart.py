@@ -249,10 +249,10 @@ def run(repeats: int = 5) -> list[str]:
             full = [probe(shipped, function, f"{code}\n{FIRST_USE[function]}") for _ in range(repeats)]
             seconds, cpu = median([p.seconds for p in full]), median([p.cpu for p in full])
             label = function.removesuffix("Function").lower()
-            when = "its first event" if label == "indexer" else "the app's start-up, which the Web Adapter waits for"
+            when = "its first event" if label == "indexer" else "the app's start-up (the Web Adapter waits for it)"
             rows.append(
                 row(
-                    f"Cold start, {label}: import + what {when} loads (no network)",
+                    f"Cold start, {label}: import + what {when} loads, no network",
                     f"{seconds * 1000:.0f} ms",
                     "",
                     f"CPU {cpu * 1000:.0f} ms; openai, opensearch-py, boto3 and its clients, loaded on first use "
