@@ -33,7 +33,7 @@ help:
 	@echo "make soak      many random indexing schedules (SCHEDULES=200 per store kind), invariants checked"
 	@echo "make deploy    sam build + sam deploy --guided with the virtualenv's SAM CLI (ARGS=... for more options)"
 	@echo "make backfill  index what is already in the deployed bucket, via its queue (ARGS=\"--prune\", \"--dry-run\", \"--local\")"
-	@echo "make bench     benchmarks (bench/), printed and written to .bench/RESULTS.md"
+	@echo "make bench     benchmarks (bench/), printed and written to .bench/RESULTS.md (QUICK=1: fewer runs)"
 	@echo "make bench-results  the same, written to the tracked bench/RESULTS.md"
 	@echo "make eval      retrieval recall@5 and MRR per mode on bench/eval/ (stand-ins, or the real models with DASHSCOPE_API_KEY)"
 	@echo "make doctor    check the configured DashScope and OpenSearch (key, region, models, index)"
@@ -111,11 +111,13 @@ test: lint typecheck validate checkov build unit
 soak: setup  # many more random indexing schedules than the suite runs (SCHEDULES per store kind)
 	set -o pipefail; SCHEDULES=$${SCHEDULES:-200} $(RUN) python -m pytest -q -s -x -p no:cacheprovider tests/test_schedules.py | grep -E "^schedules run|[0-9]+ (passed|failed)|AssertionError: seed" | tail -3
 
+# QUICK=1: fewer runs (bench/__main__.py), when the full set would take most of an hour on a busy machine
+QUICK ?=
 bench: setup build
-	BENCH_RESULTS=.bench/RESULTS.md $(RUN) python -m bench
+	BENCH_QUICK=$(QUICK) BENCH_RESULTS=.bench/RESULTS.md $(RUN) python -m bench
 
 bench-results: setup build
-	BENCH_RESULTS=bench/RESULTS.md $(RUN) python -m bench
+	BENCH_QUICK=$(QUICK) BENCH_RESULTS=bench/RESULTS.md $(RUN) python -m bench
 
 eval: setup  # index samples/ + bench/eval/corpus/ through the local stack, score POST /v1/retrieve per mode
 	$(RUN) python -m bench.eval

@@ -1,5 +1,9 @@
 """`make bench` (python -m bench [indexing streaming coldstart scale]): print each figure with its
-ratio, measured side by side in this run, and write bench/RESULTS.md."""
+ratio, measured side by side in this run, and write bench/RESULTS.md.
+
+``BENCH_QUICK=1`` (`make bench QUICK=1`): the same benchmarks with fewer runs, for a shared machine
+where the full set takes most of an hour: indexing's first scenario only (the one the framework
+peers run in), 3 repetitions of the streams and cold starts instead of 5, scale without the 50 MB file."""
 
 from __future__ import annotations
 
@@ -7,7 +11,9 @@ import datetime
 import os
 import platform
 import sys
+import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 from bench import coldstart, indexing, scale, streaming
@@ -17,6 +23,23 @@ BENCHES: dict[str, Callable[[], list[str]]] = {
     "streaming": streaming.run,
     "coldstart": coldstart.run,
     "scale": scale.run,
+}
+
+
+def _quick_indexing() -> list[str]:
+    return indexing.run_scenario(indexing.SCENARIOS[0]) + indexing.skipped_peers()
+
+
+def _quick_scale() -> list[str]:
+    scale.SIZES_MB = scale.SIZES_MB[:2]
+    return scale.run()
+
+
+QUICK: dict[str, Callable[[], list[str]]] = {
+    "indexing": _quick_indexing,
+    "streaming": partial(streaming.run, reps=3),
+    "coldstart": partial(coldstart.run, repeats=3),
+    "scale": _quick_scale,
 }
 HEADER = ["| Benchmark | Measured | Ratio | Notes |", "|---|---|---|---|"]
 
@@ -39,22 +62,37 @@ def machine() -> str:
     return f"{os.cpu_count()} cores ({cpu}){mem}, Python {platform.python_version()}, {platform.system()}"
 
 
+def kept_sections(path: Path) -> str:
+    """The ``## `` sections after the table of an existing results file (figures other benches or
+    runs added by hand), kept when the table is rewritten."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError:
+        return ""
+    start = next((i for i, line in enumerate(lines) if line.startswith("## ")), None)
+    return "" if start is None else "\n".join(["", *lines[start:], ""])
+
+
 def main(argv: list[str]) -> int:
     chosen = argv or list(BENCHES)
+    quick = os.environ.get("BENCH_QUICK", "") not in ("", "0")
     rows = list(HEADER)
+    started = time.perf_counter()
     for name in chosen:
-        print(f"running {name}…", file=sys.stderr, flush=True)
-        for line in BENCHES[name]():
+        print(f"running {name}{' (quick)' if quick else ''}…", file=sys.stderr, flush=True)
+        for line in (QUICK if quick else BENCHES)[name]():
             if len(rows) == len(HEADER):
                 print("\n".join(HEADER), flush=True)
             print(line, flush=True)
             rows.append(line)
     when = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    took = f"{(time.perf_counter() - started) / 60:.0f} minutes"
+    mode = f"`make bench QUICK=1` ({took}: fewer runs, see bench/__main__.py)" if quick else f"`make bench` ({took})"
     text = "\n".join(
         [
             "# Benchmark results",
             "",
-            f"Measured {when} on {machine()} with `make bench`. Every ratio compares two things measured in the",
+            f"Measured {when} on {machine()} with {mode}. Every ratio compares two things measured in the",
             "same run against the same loopback stand-ins (each service in its own process).",
             "",
             *rows,
@@ -65,7 +103,7 @@ def main(argv: list[str]) -> int:
         # `make bench` writes to the untracked .bench/; `make bench-results` to the tracked bench/RESULTS.md
         out = Path(os.environ.get("BENCH_RESULTS") or Path(__file__).with_name("RESULTS.md"))
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(text, encoding="utf-8")
+        out.write_text(text + kept_sections(out), encoding="utf-8")
         print(f"\nwritten to {out}", file=sys.stderr)
     return 0
 

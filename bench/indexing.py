@@ -10,6 +10,7 @@ that fit in one second's tokens) × 25 chunks per call.
 
 from __future__ import annotations
 
+import importlib
 import itertools
 import threading
 import time
@@ -28,6 +29,7 @@ from rag_shared.embeddings import Embedder, pacer_from_settings
 from rag_shared.secrets import ApiKeyProvider
 from rag_shared.store import VectorStore
 
+from bench import peers_langchain, peers_llamaindex
 from bench.harness import API_KEY, Services, environ, median, row, services
 from bench.peers import BATCH, chunks_of, plain_asyncio, seed_design
 from standins.corpus import document
@@ -120,7 +122,56 @@ def _contenders(sc: Scenario, svc: Services, s3: Any, events: list[ObjectEvent])
         seeds = [_seed(sc, index, s3) for _ in events]
         return _concurrently([partial(seed_design, i, s3, e.bucket, e.key) for i, e in zip(seeds, events, strict=True)])
 
-    return {"this project (paced)": project, "plain asyncio peer": peer, "seed design (sequential)": seed}
+    found = {"this project (paced)": project, "plain asyncio peer": peer, "seed design (sequential)": seed}
+    return found | _framework_peers(sc, svc, s3, events)
+
+
+FRAMEWORK_PEERS = (peers_llamaindex, peers_langchain)  # optional extra '.[bench]'; first scenario only
+
+
+def skipped_peers() -> list[str]:
+    """A line for each framework peer that is not installed."""
+    return [
+        row(f"Indexing, {SCENARIOS[0].name}: {peer.NAME}", "skipped", "", reason)
+        for peer in FRAMEWORK_PEERS
+        if (reason := peer.missing())
+    ]
+
+
+def _framework_peers(sc: Scenario, svc: Services, s3: Any, events: list[ObjectEvent]) -> dict[str, Callable[[], int]]:
+    """The LlamaIndex and LangChain peers, when installed, on the same files, chunks and stand-ins."""
+    if sc is not SCENARIOS[0]:
+        return {}
+    model = load_settings().embedder
+    found: dict[str, Callable[[], int]] = {}
+    for peer in FRAMEWORK_PEERS:
+        if peer.missing():
+            continue
+        for module in peer.MODULES:  # imported before timing, as in a process that already uses it
+            importlib.import_module(module)
+
+        def run(peer: Any = peer) -> int:
+            index = f"bench-{peer.__name__.rsplit('_', 1)[-1]}-{next(_runs)}"
+            jobs: list[Callable[[], int]] = [
+                partial(
+                    peer.index_file,
+                    s3,
+                    e.bucket,
+                    e.key,
+                    base_url=svc.dashscope_url,
+                    api_key=API_KEY,
+                    model=model.name,
+                    dimensions=model.default_dimensions,
+                    opensearch_url=svc.opensearch_url,
+                    index=index,
+                    concurrency=CONCURRENCY,
+                )
+                for e in events
+            ]
+            return _concurrently(jobs)
+
+        found[peer.NAME] = run
+    return found
 
 
 def _handle(indexer: Indexer, event: ObjectEvent) -> int:
@@ -247,6 +298,7 @@ def run() -> list[str]:
     lines: list[str] = []
     for sc in SCENARIOS:
         lines += run_scenario(sc)
+    lines += skipped_peers()
     lines.append(
         row(
             "Indexing, setup",

@@ -11,7 +11,7 @@ import time
 
 from bench.harness import ROOT, environ, row, services
 
-SIZES_MB = (1, 10, 50)
+SIZES_MB: tuple[int, ...] = (1, 10, 50)
 LAMBDA_MB = 1024
 
 

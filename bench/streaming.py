@@ -68,8 +68,21 @@ async def _round(concurrency: int, chat: bool, url: str, token: str) -> Figures:
     return {k: median([r[k] for r in results]) for k in ("ttft", "total", "retrieval")}
 
 
-def run(reps: int = 5) -> list[str]:
-    with services(chunk_delay=CHUNK_DELAY, reply=REPLY) as svc, environ(svc.env(OPENSEARCH_INDEX="bench-stream")):
+LATENCIES = (0.0, 0.2)  # the stand-in's latency before each response: the embedding call's and the completion's
+
+
+def run(reps: int = 5, latencies: tuple[float, ...] = LATENCIES, concurrencies: tuple[int, ...] = (1, 50)) -> list[str]:
+    out: list[str] = []
+    for latency in latencies:
+        out += _run(reps, latency, concurrencies)
+    return out
+
+
+def _run(reps: int, latency: float, concurrencies: tuple[int, ...]) -> list[str]:
+    with (
+        services(chunk_delay=CHUNK_DELAY, reply=REPLY, latency=latency) as svc,
+        environ(svc.env(OPENSEARCH_INDEX="bench-stream")),
+    ):
         s3 = boto3.client("s3")
         s3.create_bucket(Bucket="bench-stream")
         ix = build_indexer()
@@ -92,31 +105,34 @@ def run(reps: int = 5) -> list[str]:
             "-m", "uvicorn", "--host", "127.0.0.1", "--port", str(port), "chat.app:app", port=port, env=env, timeout=180
         ):
             url = f"http://127.0.0.1:{port}"
-            for concurrency in (1, 50):
+            for concurrency in concurrencies:
                 asyncio.run(_round(concurrency, True, url, token))  # warm both paths
                 asyncio.run(_round(concurrency, False, svc.dashscope_url, token))
                 chat, raw = [], []
                 for _ in range(reps):
                     chat.append(asyncio.run(_round(concurrency, True, url, token)))
                     raw.append(asyncio.run(_round(concurrency, False, svc.dashscope_url, token)))
-                out += _rows(concurrency, chat, raw, reps, src)
+                out += _rows(concurrency, chat, raw, reps, src, latency)
     return out
 
 
-def _rows(concurrency: int, chat: list[Figures], raw: list[Figures], reps: int, src: str | None) -> list[str]:
+def _rows(
+    concurrency: int, chat: list[Figures], raw: list[Figures], reps: int, src: str | None, latency: float
+) -> list[str]:
     def m(rs: list[Figures], k: str) -> float:
         return median([r[k] for r in rs])
 
     c_total, r_total, c_ttft, r_ttft = m(chat, "total"), m(raw, "total"), m(chat, "ttft"), m(raw, "ttft")
     retrieval = m(chat, "retrieval")
-    streams = f"{concurrency} concurrent stream{'s' if concurrency > 1 else ''}"
+    streams = f"{concurrency} concurrent stream{'s' if concurrency > 1 else ''}, {latency * 1000:.0f} ms latency"
     code = f" (code from {src})" if src else ""
     return [
         row(
             f"Stream, raw openai SDK → stand-in, {streams}",
             f"first token {r_ttft * 1000:.0f} ms, total {r_total * 1000:.0f} ms",
             "1.0×",
-            f"60 pieces, {CHUNK_DELAY * 1000:.0f} ms apart; median of {reps} interleaved repetitions",
+            f"60 pieces, {CHUNK_DELAY * 1000:.0f} ms apart, after the stand-in's {latency * 1000:.0f} ms latency "
+            f"(every call: the embedding and the completion); median of {reps} interleaved repetitions",
         ),
         row(
             f"Stream, chat endpoint (uvicorn, SSE, RAG), {streams}{code}",

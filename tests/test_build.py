@@ -9,6 +9,7 @@ Each architecture is built once per session (module-scoped fixture), in a SAM wo
 from __future__ import annotations
 
 import struct
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -105,6 +106,14 @@ def test_functions_start_from_a_read_only_layer_without_compiling(built):
             # importable the way Lambda (and run.sh) lay it out, and nothing compiled from source
             result = probe(deployment, function, code)
             assert result.compiled == [], f"{function} compiled {result.compiled[:5]}"
+        # opensearch-py and boto3 load on first use, not at start (each ~0.1-0.3 s of a cold start)
+        lazy = "import sys\nheavy = {'opensearchpy', 'boto3'} & set(sys.modules)\nassert not heavy, heavy"
+        for function, code in ENTRIES.items():
+            probe(deployment, function, f"{code}\n{lazy}")  # fails (CalledProcessError) if either loaded
+        # control: the first use loads them (the same check fails after it)
+        first_use = "import indexer.handler\nfrom rag_shared.store import VectorStore\nimport boto3\n"
+        with pytest.raises(subprocess.CalledProcessError, match="exit status 1"):
+            probe(deployment, "IndexerFunction", first_use + lazy)
         # the chat function's web stack comes from the layer, not from the function
         code = "import fastapi, uvicorn\nassert all('/opt/python/' in m.__file__ for m in (fastapi, uvicorn))"
         where = probe(deployment, "ChatFunction", code)  # fails (CalledProcessError) if not from /opt

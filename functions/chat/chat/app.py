@@ -31,7 +31,6 @@ from rag_shared.dashscope import DashScopeClient
 from rag_shared.embeddings import Embedder
 from rag_shared.errors import ConfigError, RagError
 from rag_shared.secrets import ApiKeyProvider
-from rag_shared.store import VectorStore
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from chat import page
@@ -65,6 +64,8 @@ def build_deps(chat_settings: ChatSettings | None = None) -> ChatDeps:
     """Wire the service from the environment (the Lambda path)."""
     settings = load_settings()
     chat_settings = chat_settings or ChatSettings()
+    from rag_shared.store import VectorStore  # opensearch-py: loaded when the deps are built, not at import
+
     client = DashScopeClient(settings, ApiKeyProvider.from_settings(settings))
     embedder = Embedder(client, settings.embedder, settings.dimensions)
     return ChatDeps(settings, client, embedder, VectorStore.from_settings(settings), chat_settings.system_prompt)

@@ -13,7 +13,7 @@ import time
 from collections.abc import AsyncGenerator
 from contextlib import aclosing
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aws_lambda_powertools import Logger
 from rag_shared.config import GeneratorModel, Settings, load_catalog
@@ -30,13 +30,16 @@ from rag_shared.dashscope import (
 from rag_shared.embeddings import Embedder
 from rag_shared.errors import BadRequestError, ContextLengthExceededError, ModelNotFoundError, RagError
 from rag_shared.rerank import Reranker, fit_documents
-from rag_shared.store import SearchFilter, SearchHit, SearchResult, SearchType, VectorStore
+from rag_shared.store import SearchFilter, SearchHit, SearchResult, SearchType
 from rag_shared.tokens import estimate_tokens, truncate_to_tokens
 from rag_shared.usage import Usage
 
 from chat.models import ChatMessage, ChatRequest, RetrievalOptions
 from chat.rag import DEFAULT_SYSTEM_PROMPT, PromptTooLong, build_prompt
 from chat.telemetry import MetricsSink, MetricUnit, emit_emf
+
+if TYPE_CHECKING:
+    from rag_shared.store import VectorStore  # loads opensearch-py: at first use, not at import
 
 logger = Logger(service="chat")
 

@@ -22,9 +22,8 @@ import time
 from collections.abc import Callable
 from contextvars import ContextVar
 from functools import cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import boto3
 from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
@@ -35,11 +34,13 @@ from rag_shared.config import Settings, load_settings
 from rag_shared.dashscope import DashScopeClient
 from rag_shared.embeddings import Embedder, pacer_from_settings
 from rag_shared.secrets import ApiKeyProvider
-from rag_shared.store import VectorStore
 
 from indexer.events import BadEvent, ObjectEvent, continuation_message, parse_notification, sweep_message
 from indexer.extract import Limits
 from indexer.pipeline import Indexer, IndexerConfig, Outcome, OutOfTime
+
+if TYPE_CHECKING:
+    from rag_shared.store import VectorStore
 
 logger = Logger(service="indexer")
 metrics = Metrics(namespace="QwenRag", service="indexer")
@@ -53,6 +54,10 @@ _source_queue: ContextVar[str | None] = ContextVar("source_queue", default=None)
 
 def build_indexer(settings: Settings | None = None, *, s3: Any = None) -> Indexer:
     """Wire the indexer from settings (the environment by default)."""
+    # boto3 and opensearch-py (~0.5 s of imports) load here, on the first event, not at import
+    import boto3
+    from rag_shared.store import VectorStore
+
     settings = settings or load_settings()
     # max_retries=0: a 429 retried inside the SDK would be invisible to the pacer, which must see
     # every throttle to find the quota; the embedder retries (paced, with backoff) instead.
@@ -255,6 +260,8 @@ def _dead_letter_url(source_arn: str) -> str:
 
 @cache
 def _sqs() -> Any:
+    import boto3
+
     return boto3.client("sqs")
 
 

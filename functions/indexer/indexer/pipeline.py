@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from itertools import islice
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from botocore.exceptions import ClientError
 from pydantic import BaseModel
@@ -31,7 +31,7 @@ from rag_shared.chunking import Chunk, chunk_text
 from rag_shared.commits import Commit, CommitStore
 from rag_shared.embeddings import Embedder, EmbedResult
 from rag_shared.errors import ConfigError, RagError, StoreError
-from rag_shared.store import ChunkDoc, VectorStore
+from rag_shared.store import ChunkDoc
 from rag_shared.usage import Usage
 
 from indexer.events import ObjectEvent, normalize_sequencer
@@ -48,6 +48,9 @@ from indexer.metadata import (
     parse_sidecar,
     sidecar_key,
 )
+
+if TYPE_CHECKING:
+    from rag_shared.store import VectorStore  # loads opensearch-py: at first use, not at import
 
 log = logging.getLogger(__name__)
 

@@ -8,7 +8,9 @@ written, superseded or failed version is never served. One class per store kind:
 :class:`ServerlessStore` for an OpenSearch Serverless collection (none of those).
 """
 
-from rag_shared.store.client import FastJSONSerializer, make_client, pool_size
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
 from rag_shared.store.documents import (
     METADATA_FIELD,
     SPACE,
@@ -32,7 +34,33 @@ from rag_shared.store.mapping import (
     parse_version,
 )
 from rag_shared.store.queries import SearchResult
-from rag_shared.store.stores import BULK_BYTES, BULK_DOCS, ServerlessStore, VectorStore
+
+if TYPE_CHECKING:
+    from rag_shared.store.client import FastJSONSerializer, make_client, pool_size
+    from rag_shared.store.stores import BULK_BYTES, BULK_DOCS, ServerlessStore, VectorStore
+
+# opensearch-py costs ~0.1-0.3 s of a cold start (its package imports requests, urllib3, dateutil and
+# every client namespace), and only talking to OpenSearch needs it: its modules load on first access
+# (PEP 562), so the chat's models and the indexer's handler import this package without it.
+_LAZY = {
+    "FastJSONSerializer": "client",
+    "make_client": "client",
+    "pool_size": "client",
+    "BULK_BYTES": "stores",
+    "BULK_DOCS": "stores",
+    "ServerlessStore": "stores",
+    "VectorStore": "stores",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "BULK_BYTES",
