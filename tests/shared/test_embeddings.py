@@ -6,7 +6,7 @@ from rag_shared.config import load_catalog
 from rag_shared.dashscope import DashScopeClient
 from rag_shared.embeddings import Embedder, content_hash, plan_batches
 from rag_shared.errors import EmbeddingDimensionError, RagError, ThrottledError
-from rag_shared.pacing import Pacer
+from rag_shared.pacing import Pacer, Permit
 from rag_shared.secrets import ApiKeyProvider
 
 from standins.dashscope import DashScopeStandIn, Fault, Quota, fake_embedding
@@ -239,7 +239,12 @@ def test_small_files_share_calls_up_to_the_models_cap(make_settings, dashscope, 
     pacer = Pacer(requests_per_minute=6000)
     reserved: list[float] = []
     reserve = pacer.reserve
-    pacer.reserve = lambda cost: reserved.append(cost) or reserve(cost)  # type: ignore[method-assign]
+
+    def counting(tokens: float) -> Permit:
+        reserved.append(tokens)
+        return reserve(tokens)
+
+    pacer.reserve = counting  # type: ignore[method-assign]
     client = DashScopeClient(s, ApiKeyProvider.from_settings(s), max_retries=0)
     embedder = Embedder(client, s.embedder, s.dimensions, pacer=pacer, pack_linger=2.0)
     groups = _small_files(17)
