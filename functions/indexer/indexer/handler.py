@@ -345,6 +345,11 @@ class ConcurrentBatchProcessor(BatchProcessor):
         if self.workers == 1 or len(groups) <= 1:
             return super().process()
 
+        try:  # once, before the records race to create the index (each would wait on the others)
+            get_indexer().store.ensure_index()
+        except Exception as exc:  # each record meets the failure again and reports it as its own
+            logger.warning("index not ready before the batch", extra={"error": type(exc).__name__})
+
         def run(group: list[int]) -> list[tuple[Any, ...]]:
             return [self._process_record(records[i]) for i in group]
 

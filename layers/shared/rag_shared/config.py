@@ -343,7 +343,7 @@ class Settings(BaseSettings):
     # other files' texts to share the call. 1 and 0 give the one-record-at-a-time behaviour. The
     # pacer stays the binding limit: every call, shared or not, waits for its slot there.
     indexer_record_concurrency: int = Field(10, ge=1, le=64)
-    embedding_pack_linger_ms: float = Field(5.0, ge=0, le=1000)
+    embedding_pack_linger_ms: float = Field(20.0, ge=0, le=1000)
 
     # Vector store
     opensearch_url: str = "http://127.0.0.1:9200"
