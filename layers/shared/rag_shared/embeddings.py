@@ -214,7 +214,7 @@ class Packer:
             if generation != self._generation or not self._pending:
                 return  # already sent full
             batch = self._take()
-        self._call(batch)
+        self._run(self._call, batch)  # on the embedder's threads, bounded like every other call
 
     def _call(self, batch: dict[str, list[_Waiter]]) -> None:
         texts = list(batch)
