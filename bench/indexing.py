@@ -10,8 +10,11 @@ that fit in one second's tokens) × 25 chunks per call.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import io
 import itertools
+import json
 import threading
 import time
 from collections.abc import Callable
@@ -31,8 +34,8 @@ from rag_shared.store import VectorStore
 
 from bench import peers_langchain, peers_llamaindex
 from bench.harness import API_KEY, Services, environ, median, row, services
-from bench.peers import BATCH, chunks_of, plain_asyncio, seed_design
-from standins.corpus import document
+from bench.peers import BATCH, chunks_of, plain_asyncio, plain_asyncio_files, seed_design
+from standins.corpus import document, paragraph
 from standins.dashscope import count_tokens
 
 LATENCY = 0.2
@@ -294,8 +297,151 @@ def run_scenario(sc: Scenario, repeats: int = REPEATS) -> list[str]:
     return lines
 
 
+# --- many small files: an SQS batch's records at once, their chunks packed into shared calls ---
+
+SMALL_FILES = 200
+# (SQS BatchSize, records at once, pack linger ms): the handler as the template deploys it, and the
+# previous one-at-a-time behaviour (its BatchSize was 5)
+HANDLER_MODES = {
+    "this project (concurrent records + packing)": (50, 50, 20.0),
+    "previous (one record at a time)": (5, 1, 0.0),
+}
+
+
+def _sqs_event(bodies: list[str]) -> dict[str, Any]:
+    return {
+        "Records": [
+            {
+                "messageId": f"m{n}",
+                "receiptHandle": f"r{n}",
+                "body": body,
+                "attributes": {"ApproximateReceiveCount": "1"},
+                "messageAttributes": {},
+                "eventSource": "aws:sqs",
+                "eventSourceARN": "arn:aws:sqs:us-east-1:123456789012:bench-index-queue",
+                "awsRegion": "us-east-1",
+            }
+            for n, body in enumerate(bodies)
+        ]
+    }
+
+
+def _s3_body(bucket: str, key: str, etag: str, seq: str) -> str:
+    obj = {"key": key, "eTag": etag, "sequencer": seq, "size": 1}
+    record = {
+        "eventSource": "aws:s3",
+        "eventName": "ObjectCreated:Put",
+        "s3": {"bucket": {"name": bucket}, "object": obj},
+    }
+    return json.dumps({"Records": [record]})
+
+
+def _handler_run(
+    files: list[tuple[str, str]], bucket: str, mode: tuple[int, int, float], run: int, chunks: int
+) -> Callable[[], int]:
+    """The Lambda handler, fed the files in SQS batches of the mode's size (one instance, one
+    batch after another), each run's events newer than the last (so every run indexes afresh)."""
+    from indexer import handler
+
+    from local.lambda_context import FakeContext
+
+    batch, records, linger = mode
+
+    def go() -> int:
+        env = {
+            "OPENSEARCH_INDEX": f"bench-small-{run}",
+            "CHUNK_SIZE_TOKENS": "200",
+            "CHUNK_OVERLAP_TOKENS": "30",
+            "EMBEDDING_CONCURRENCY": str(CONCURRENCY),
+            "DASHSCOPE_RPM": str(int(SMALL.rps * 60)),
+            "INDEXER_RECORD_CONCURRENCY": str(records),
+            "EMBEDDING_PACK_LINGER_MS": str(linger),
+            "POWERTOOLS_METRICS_DISABLED": "true",
+        }
+        with environ(env):
+            handler.reset()
+            handler.logger.setLevel("ERROR")
+            bodies = [_s3_body(bucket, k, etag, f"{run + 1:04X}") for k, etag in files]
+            failed = 0
+            with contextlib.redirect_stdout(io.StringIO()):  # the metrics' EMF lines
+                for i in range(0, len(bodies), batch):
+                    out = handler.lambda_handler(_sqs_event(bodies[i : i + batch]), FakeContext())
+                    failed += len(out.get("batchItemFailures", []))
+            handler.reset()
+        if failed:
+            raise RuntimeError(f"{failed} records failed")
+        return chunks  # every record succeeded: all the files' chunks are indexed
+
+    return go
+
+
+SMALL = Scenario(f"{SMALL_FILES} small files (1-3 chunks)", 30, None, 1, 0)
+
+
+def run_small_files(repeats: int = REPEATS) -> list[str]:
+    """200 files of 1-3 chunks: the handler with concurrent records and packing vs the previous
+    one-record-at-a-time handler vs the plain asyncio peer (all files at once). The ceiling is the
+    requests/s quota × 25 chunks per call, reachable only by packing files into shared calls."""
+    sc = SMALL
+    with services(latency=LATENCY, rate_limit=sc.rps) as svc, environ(svc.env()):
+        s3 = boto3.client("s3")
+        bucket = f"bench-small-{next(_runs)}"
+        s3.create_bucket(Bucket=bucket)
+        files: list[tuple[str, str]] = []
+        texts: list[str] = []
+        for n in range(SMALL_FILES):
+            key = f"small/{n:04d}.txt"
+            body = "\n\n".join(paragraph(5000 + n * 3 + i) for i in range(1 + n % 3))
+            files.append((key, s3.put_object(Bucket=bucket, Key=key, Body=body.encode())["ETag"].strip('"')))
+            texts += chunks_of(s3, bucket, key)
+        _warm_standin(svc, texts)
+        expected = len(texts)
+        ceiling = sc.rps * BATCH
+        model = load_settings().embedder
+        results: dict[str, list[dict[str, Any]]] = {name: [] for name in [*HANDLER_MODES, "plain asyncio peer"]}
+        for _ in range(repeats):
+            for name, mode in HANDLER_MODES.items():
+                results[name].append(_measure(svc, _handler_run(files, bucket, mode, next(_runs), expected)))
+            index = f"bench-small-peer-{next(_runs)}"
+            peer = partial(
+                plain_asyncio_files,
+                s3,
+                bucket,
+                [k for k, _ in files],
+                base_url=svc.dashscope_url,
+                api_key=API_KEY,
+                model=model.name,
+                dimensions=model.default_dimensions,
+                opensearch_url=svc.opensearch_url,
+                index=index,
+                concurrency=CONCURRENCY,
+            )
+            results["plain asyncio peer"].append(_measure(svc, peer))
+    ours = median([m["rate"] for m in results[next(iter(HANDLER_MODES))]])
+    lines = []
+    for name, rs in results.items():
+        rate = median([m["rate"] for m in rs])
+        failures = [m["failed"] for m in rs if m["failed"] or m["chunks"] != expected]
+        ratio = "1.0×" if rate == ours else (f"{ours / rate:.1f}× slower" if rate else "failed")
+        note = (
+            f"median {median([m['throttled'] for m in rs]):.0f} × 429 per run, "
+            f"{median([m['ok'] for m in rs]):.0f} calls for {expected} chunks"
+        )
+        if failures:
+            note += f"; {len(failures)}/{len(rs)} runs incomplete: {failures[0]}"
+        lines.append(
+            row(
+                f"Indexing, {sc.name}: {name}",
+                f"{rate:.0f} chunks/s end to end = {rate / ceiling:.0%} of the {ceiling:.0f} ceiling",
+                ratio,
+                note,
+            )
+        )
+    return lines
+
+
 def run() -> list[str]:
-    lines: list[str] = []
+    lines: list[str] = run_small_files()
     for sc in SCENARIOS:
         lines += run_scenario(sc)
     lines += skipped_peers()

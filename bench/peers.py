@@ -108,3 +108,58 @@ def seed_design(indexer: Any, s3: Any, bucket: str, key: str) -> int:
     ]
     store.write_chunks(docs)
     return len(docs)
+
+
+async def _plain_files(
+    s3: Any, bucket: str, keys: list[str], base_url: str, api_key: str, model: str, concurrency: int
+) -> list[tuple[str, list[str], list[list[float]]]]:
+    """Every file at once (S3 reads on threads), each file's chunks in its own calls, ``concurrency``
+    calls in flight in all: what a user writes for many small files with asyncio."""
+    from openai import AsyncOpenAI
+
+    client = AsyncOpenAI(base_url=base_url, api_key=api_key, max_retries=8)
+    gate = asyncio.Semaphore(concurrency)
+
+    async def one(key: str) -> tuple[str, list[str], list[list[float]]]:
+        texts = await asyncio.to_thread(chunks_of, s3, bucket, key)
+        vectors: list[list[float]] = []
+        for i in range(0, len(texts), BATCH):
+            async with gate:
+                r = await client.embeddings.create(model=model, input=texts[i : i + BATCH], encoding_format="float")
+            vectors += [d.embedding for d in r.data]
+        return key, texts, vectors
+
+    try:
+        return list(await asyncio.gather(*(one(k) for k in keys)))
+    finally:
+        await client.close()
+
+
+def plain_asyncio_files(
+    s3: Any,
+    bucket: str,
+    keys: list[str],
+    *,
+    base_url: str,
+    api_key: str,
+    model: str,
+    dimensions: int,
+    opensearch_url: str,
+    index: str,
+    concurrency: int,
+) -> int:
+    """The plain peer for many small files: all files embedded concurrently, then one bulk write."""
+    files = asyncio.run(_plain_files(s3, bucket, keys, base_url, api_key, model, concurrency))
+    search = OpenSearch(hosts=[opensearch_url], timeout=60)
+    body = {
+        "settings": {"index": {"knn": True}},
+        "mappings": {"properties": {"vector": {"type": "knn_vector", "dimension": dimensions}}},
+    }
+    search.indices.create(index=index, body=body)
+    actions = (
+        {"_index": index, "_id": f"{key}-{i}", "_source": {"text": t, "vector": v, "source_key": key}}
+        for key, texts, vectors in files
+        for i, (t, v) in enumerate(zip(texts, vectors, strict=True))
+    )
+    ok, _ = helpers.bulk(search, actions, chunk_size=200, max_chunk_bytes=8 * 1024 * 1024)
+    return int(ok)

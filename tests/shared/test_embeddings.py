@@ -5,8 +5,8 @@ import pytest
 from rag_shared.config import load_catalog
 from rag_shared.dashscope import DashScopeClient
 from rag_shared.embeddings import Embedder, content_hash, plan_batches
-from rag_shared.errors import EmbeddingDimensionError, ThrottledError
-from rag_shared.pacing import Pacer
+from rag_shared.errors import EmbeddingDimensionError, RagError, ThrottledError
+from rag_shared.pacing import Pacer, Permit
 from rag_shared.secrets import ApiKeyProvider
 
 from standins.dashscope import DashScopeStandIn, Fault, Quota, fake_embedding
@@ -198,3 +198,117 @@ def test_check_skips_the_estimator_for_short_texts(embedder, monkeypatch):
     assert calls == []
     with pytest.raises(ValueError, match="exceed"):
         embedder._check(["x" * (embedder.model.max_tokens_per_text + 1)])
+
+
+# --- packing small files' texts into shared calls (issue 14 item 2) ------------------------------
+
+
+def _concurrent_embeds(embedder: Embedder, groups: list[list[str]]) -> list[object]:
+    """Run one embed() per group on its own thread, all released at once; result or exception each."""
+    import threading
+
+    gate = threading.Barrier(len(groups))
+    out: list[object] = [None] * len(groups)
+
+    def run(n: int) -> None:
+        gate.wait()
+        try:
+            out[n] = embedder.embed(groups[n])
+        except Exception as exc:
+            out[n] = exc
+
+    threads = [threading.Thread(target=run, args=(n,)) for n in range(len(groups))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    return out
+
+
+def _small_files(n: int) -> list[list[str]]:
+    return [[f"file {f} chunk {c} about topic {f % 5}" for c in range(1 + f % 2)] for f in range(n)]
+
+
+@pytest.mark.parametrize("model", ["text-embedding-v2", "text-embedding-v4"])
+def test_small_files_share_calls_up_to_the_models_cap(make_settings, dashscope, model):
+    """17 files of 1-2 texts (26 texts): ceil(26 / cap) calls at the stand-in (25 for v2, 10 for v4:
+    REFERENCE.md, Model Studio embedding page), each file gets its own texts' vectors."""
+    region = "cn-beijing" if model == "text-embedding-v2" else "ap-southeast-1"
+    dashscope.region = region
+    s = make_settings(dashscope_region=region, embedding_model=model)
+    pacer = Pacer(requests_per_minute=6000)
+    reserved: list[float] = []
+    reserve = pacer.reserve
+
+    def counting(tokens: float) -> Permit:
+        reserved.append(tokens)
+        return reserve(tokens)
+
+    pacer.reserve = counting  # type: ignore[method-assign]
+    client = DashScopeClient(s, ApiKeyProvider.from_settings(s), max_retries=0)
+    embedder = Embedder(client, s.embedder, s.dimensions, pacer=pacer, pack_linger=2.0)
+    groups = _small_files(17)
+    total = sum(len(g) for g in groups)
+    results = _concurrent_embeds(embedder, groups)
+    calls = dashscope.calls("/embeddings")
+    cap = s.embedder.max_batch
+    assert len(calls) == -(-total // cap) and max(c.size for c in calls) <= cap
+    assert len(reserved) == len(calls)  # the pacer saw every shared call
+    for texts, result in zip(groups, results, strict=True):
+        assert not isinstance(result, Exception), result
+        vectors = result.vectors  # type: ignore[attr-defined]
+        assert all(v == pytest.approx(fake_embedding(t, s.dimensions)) for t, v in zip(texts, vectors, strict=True))
+    assert sum(r.usage.calls for r in results) == len(calls)  # type: ignore[attr-defined]
+    assert sum(r.usage.prompt_tokens for r in results) > 0  # type: ignore[attr-defined]
+
+
+def test_without_linger_each_file_makes_its_own_call(embedder, dashscope):
+    groups = _small_files(6)
+    results = _concurrent_embeds(embedder, groups)
+    assert all(not isinstance(r, Exception) for r in results)
+    assert len(dashscope.calls("/embeddings")) == 6
+
+
+def test_a_text_refused_in_a_shared_call_fails_only_its_file(settings, client, dashscope):
+    """A 400 naming one text (moderation here) in a shared call: the call is split until the text
+    is alone, so only the file that sent it fails and the others get their vectors."""
+    from rag_shared.errors import ContentModerationError
+
+    flagged = "file 3 chunk 0 about topic 3"
+
+    class Moderated:
+        """The stand-in behind a check that refuses ``flagged`` as DashScope's moderation would
+        (the stand-in has no content moderation on embeddings)."""
+
+        refused = 0
+
+        def embed_batch(self, texts, model, dimensions):
+            if flagged in texts:
+                Moderated.refused += 1
+                raise ContentModerationError("Input data may contain inappropriate content.")
+            return client.embed_batch(texts, model, dimensions)
+
+        async def aembed_batch(self, texts, model, dimensions):  # pragma: no cover - not used
+            raise NotImplementedError
+
+    embedder = Embedder(Moderated(), settings.embedder, settings.dimensions, pack_linger=2.0)
+    groups = _small_files(12)
+    results = _concurrent_embeds(embedder, groups)
+    assert isinstance(results[3], ContentModerationError)
+    assert all(not isinstance(r, Exception) for n, r in enumerate(results) if n != 3)
+    assert 1 < Moderated.refused <= 6  # the split found it: log2(18) + 1 refusals at most
+    sent = [c.size for c in dashscope.calls("/embeddings", status=200)]
+    assert sum(sent) == sum(len(g) for n, g in enumerate(groups)) - 1  # every other text once
+
+
+def test_a_shared_call_failing_for_good_fails_each_of_its_files(settings, dashscope):
+    """A retryable failure that outlasts the retries fails every file in the call (each SQS record
+    is then retried on its own); a later call is not affected."""
+    dashscope.inject(Fault(status=503, code="ServiceUnavailable"))
+    client = DashScopeClient(settings, ApiKeyProvider.from_settings(settings), max_retries=0)
+    embedder = Embedder(client, settings.embedder, settings.dimensions, pack_linger=2.0)
+    first = _concurrent_embeds(embedder, _small_files(5))
+    assert all(isinstance(r, RagError) and r.retryable for r in first), first
+    assert [c.status for c in dashscope.calls("/embeddings")] == [503]  # one shared call, the fault fired
+    again = _concurrent_embeds(embedder, _small_files(5))
+    assert all(not isinstance(r, Exception) for r in again), again

@@ -1,9 +1,11 @@
 """Lambda entry point of the indexer.
 
 Production path: S3 → SQS → this function. Each SQS record is processed on its own (Powertools
-batch processing); a record that fails is reported as a batch item failure, so only it returns
-to the queue, after a delay that grows with each try (set on the message, so one queue-wide
-visibility timeout need not fit both a quick retry and a 15-minute run), and after the queue's
+batch processing), up to ``INDEXER_RECORD_CONCURRENCY`` records at once on threads (records that
+name the same S3 key run one after another in the batch's order, on one thread); a record that
+fails is reported as a batch item failure, so only it returns to the queue, after a delay that
+grows with each try (set on the message, so one queue-wide visibility timeout need not fit both a
+quick retry and a 15-minute run), and after the queue's
 maxReceiveCount it lands in the dead-letter queue. A file too big for one invocation stops
 before the timeout and sends itself a continuation message (a cursor into its chunks), so its
 progress accumulates and never counts toward maxReceiveCount. Files that can never be indexed
@@ -19,7 +21,8 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextvars import ContextVar
 from functools import cache
 from typing import TYPE_CHECKING, Any
@@ -56,7 +59,7 @@ def build_indexer(settings: Settings | None = None, *, s3: Any = None) -> Indexe
     """Wire the indexer from settings (the environment by default)."""
     # boto3 and opensearch-py (~0.5 s of imports) load here, on the first event, not at import
     import boto3
-    from rag_shared.store import VectorStore
+    from rag_shared.store import VectorStore, make_client, pool_size
 
     settings = settings or load_settings()
     # max_retries=0: a 429 retried inside the SDK would be invisible to the pacer, which must see
@@ -70,6 +73,7 @@ def build_indexer(settings: Settings | None = None, *, s3: Any = None) -> Indexe
         concurrency=settings.embedding_concurrency,
         pacer=pacer_from_settings(settings),
         max_attempts=settings.dashscope_max_retries + 1,
+        pack_linger=settings.embedding_pack_linger_ms / 1000,
     )
     config = IndexerConfig(
         chunk_size=settings.chunk_size_tokens,
@@ -82,7 +86,12 @@ def build_indexer(settings: Settings | None = None, *, s3: Any = None) -> Indexe
             max_pdf_content_bytes=settings.max_pdf_content_bytes,
         ),
     )
-    store = VectorStore.from_settings(settings, commits=CommitStore.from_settings(settings))
+    # urllib3 pool: each record running at once has its thread, two window threads and a bulk writer
+    # (pipeline.Indexer._write) beside the embedder's threads, which pool_size counts once.
+    pool = pool_size(settings) + 4 * (settings.indexer_record_concurrency - 1)
+    store = VectorStore.from_settings(
+        settings, client=make_client(settings, pool_maxsize=pool), commits=CommitStore.from_settings(settings)
+    )
     return Indexer(
         s3 or boto3.client("s3"), store, embedder, config, sweeper=_sweeper(settings, store), continuer=_continue
     )
@@ -165,11 +174,12 @@ def report(outcome: Outcome) -> None:
 
 
 def process(event: ObjectEvent, deadline: float | None = None) -> Outcome:
-    logger.append_keys(s3_key=event.key, s3_action=event.action)
+    # thread-local keys: records run concurrently, each on its own thread
+    logger.thread_safe_append_keys(s3_key=event.key, s3_action=event.action)
     try:
         outcome = get_indexer().handle(event, deadline=deadline)
     finally:
-        logger.remove_keys(["s3_key", "s3_action"])
+        logger.thread_safe_remove_keys(["s3_key", "s3_action"])
     report(outcome)
     return outcome
 
@@ -289,6 +299,71 @@ def delay_retries(records: list[dict[str, Any]]) -> None:
             )
 
 
+def record_keys(body: str | None) -> set[tuple[str, str]]:
+    """The (bucket, key) pairs a record's notification names; none for a message that does not
+    parse (it is dead-lettered on its own)."""
+    try:
+        return {(e.bucket, e.key) for e in parse_notification(body or "")}
+    except Exception:  # grouping is best effort: the record handler reports the error
+        return set()
+
+
+def key_groups(keys: Sequence[set[tuple[str, str]]]) -> list[list[int]]:
+    """Record indices grouped so that records sharing a key are in one group, in batch order.
+
+    Such records run one after another: a duplicate or an overwrite of a key then meets the
+    first one's commit instead of racing it (the commit's compare-and-set would make the race safe
+    too, but in order the later event's work is not wasted, and an out-of-order pair is as S3 sent it)."""
+    owner: dict[tuple[str, str], int] = {}
+    parent = list(range(len(keys)))
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for i, ks in enumerate(keys):
+        for k in ks:
+            if k in owner:
+                a, b = find(owner[k]), find(i)
+                parent[max(a, b)] = min(a, b)
+            else:
+                owner[k] = i
+    groups: dict[int, list[int]] = {}
+    for i in range(len(keys)):
+        groups.setdefault(find(i), []).append(i)
+    return list(groups.values())
+
+
+class ConcurrentBatchProcessor(BatchProcessor):
+    """Powertools' SQS batch processor running up to ``workers`` records at once, records that
+    name the same key in order on one thread. Success and failure are still collected per record
+    (the processor appends to lists, safe across threads), so partial batch responses, poison
+    handling and retry delays are those of the sequential processor."""
+
+    def __init__(self, workers: int) -> None:
+        super().__init__(event_type=EventType.SQS, raise_on_entire_batch_failure=False)
+        self.workers = max(1, workers)
+
+    def process(self) -> list[tuple[Any, ...]]:
+        records = list(self.records)
+        groups = key_groups([record_keys(r.get("body")) for r in records])
+        if self.workers == 1 or len(groups) <= 1:
+            return super().process()
+
+        try:  # once, before the records race to create the index (each would wait on the others)
+            get_indexer().store.ensure_index()
+        except Exception as exc:  # each record meets the failure again and reports it as its own
+            logger.warning("index not ready before the batch", extra={"error": type(exc).__name__})
+
+        def run(group: list[int]) -> list[tuple[Any, ...]]:
+            return [self._process_record(records[i]) for i in group]
+
+        with ThreadPoolExecutor(max_workers=min(self.workers, len(groups)), thread_name_prefix="record") as pool:
+            return [r for rs in pool.map(run, groups) for r in rs]
+
+
 def _is_direct_s3(event: dict[str, Any]) -> bool:
     records = event.get("Records") or []
     return event.get("Event") == "s3:TestEvent" or (
@@ -306,7 +381,7 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
     # One processor per invocation (it holds the batch's state), so concurrent invocations in one
     # process (the tests' threads) cannot mix. An all-failed batch is reported item by item, not
     # raised: the same records fail the same way beside a good one or not (and a raise is a Lambda error).
-    processor = BatchProcessor(event_type=EventType.SQS, raise_on_entire_batch_failure=False)
+    processor = ConcurrentBatchProcessor(get_settings().indexer_record_concurrency)
     response = process_partial_response(
         event=event, record_handler=record_handler, processor=processor, context=context
     )

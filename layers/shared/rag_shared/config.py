@@ -389,6 +389,12 @@ class Settings(BaseSettings):
     embedding_dimensions: PositiveInt | None = None
     embedding_batch_size: PositiveInt | None = None
     embedding_concurrency: int = Field(8, ge=1, le=64)
+    # Small files (issue 14): an SQS batch's records run this many at once (records naming the same
+    # key in order), and the last, partly filled embedding call of each file waits this long for
+    # other files' texts to share the call. 1 and 0 give the one-record-at-a-time behaviour. The
+    # pacer stays the binding limit: every call, shared or not, waits for its slot there.
+    indexer_record_concurrency: int = Field(10, ge=1, le=64)
+    embedding_pack_linger_ms: float = Field(20.0, ge=0, le=1000)
 
     # Vector store
     opensearch_url: str = "http://127.0.0.1:9200"

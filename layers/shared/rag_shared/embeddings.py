@@ -18,14 +18,21 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from rag_shared.config import EmbeddingModel, Settings
 from rag_shared.dashscope import EmbeddingBatch
-from rag_shared.errors import EmbeddingDimensionError, RagError, ThrottledError
+from rag_shared.errors import (
+    BadRequestError,
+    ContentModerationError,
+    ContextLengthExceededError,
+    EmbeddingDimensionError,
+    RagError,
+    ThrottledError,
+)
 from rag_shared.pacing import Pacer, Permit, TokensPerChar, parse_retry_after, throttle_kind
 from rag_shared.tokens import estimate_tokens
 from rag_shared.usage import Usage
@@ -122,6 +129,136 @@ def _backoff(attempt: int) -> float:
     return random.uniform(0, min(8.0, 0.25 * 2**attempt))  # noqa: S311 - jitter, not security
 
 
+# A 400 that names one text (moderation, too long, an invalid input), not the call: a shared call
+# refused with one of these is split to find the text, so the other files' texts still get vectors.
+TEXT_FAULTS: tuple[type[RagError], ...] = (ContentModerationError, ContextLengthExceededError, BadRequestError)
+
+
+@dataclass
+class _Waiter:
+    """One :meth:`Embedder.embed` call's texts waiting in the packer."""
+
+    missing: set[str]
+    vectors: dict[str, Vector] = field(default_factory=dict)
+    usage: Usage = field(default_factory=Usage)
+    error: BaseException | None = None
+    done: threading.Event = field(default_factory=threading.Event)
+
+    def fail(self, exc: BaseException) -> None:
+        if self.error is None:
+            self.error = exc
+        self.done.set()
+
+    def give(self, text: str, vector: Vector) -> None:
+        if text in self.missing:
+            self.vectors[text] = vector
+            self.missing.discard(text)
+        if not self.missing:
+            self.done.set()
+
+
+class Packer:
+    """Packs the texts of concurrent :meth:`Embedder.embed` calls (the small files of one SQS batch)
+    into shared calls of up to ``cap`` texts: a call goes out as soon as it is full, or ``linger``
+    seconds after its first text arrived. Vectors are routed back to each caller by text (a text
+    two callers share is sent once); usage is split by characters, the call counted once.
+
+    Failures: a call that still fails after the embedder's retries fails every caller whose texts
+    were in it (each SQS record then fails and is retried on its own); a 400 naming a text
+    (:data:`TEXT_FAULTS`) is split in halves and retried until the offending text is alone, so only
+    the callers that sent it fail."""
+
+    def __init__(
+        self, cap: int, linger: float, send: Callable[[list[str]], EmbeddingBatch], run: Callable[..., object]
+    ) -> None:
+        """``send`` makes one (paced, retried) call; ``run(fn, arg)`` runs it on a worker thread."""
+        self.cap, self.linger, self._send, self._run = cap, linger, send, run
+        self._lock = threading.Lock()
+        self._pending: dict[str, list[_Waiter]] = {}
+        self._timer: threading.Timer | None = None
+        self._generation = 0
+
+    def embed(self, texts: Sequence[str]) -> tuple[dict[str, Vector], Usage]:
+        """Vectors of ``texts`` (distinct, non-empty) by text, and this caller's share of the usage."""
+        waiter = _Waiter(set(texts))
+        if not waiter.missing:
+            return {}, Usage()
+        full: list[dict[str, list[_Waiter]]] = []
+        with self._lock:
+            for text in waiter.missing:
+                self._pending.setdefault(text, []).append(waiter)
+                if len(self._pending) >= self.cap:
+                    full.append(self._take())
+            if self._pending and self._timer is None:
+                self._timer = threading.Timer(self.linger, self._flush, args=(self._generation,))
+                self._timer.daemon = True
+                self._timer.start()
+        for batch in full:
+            self._run(self._call, batch)
+        waiter.done.wait()
+        if waiter.error is not None:
+            raise waiter.error
+        return waiter.vectors, waiter.usage
+
+    def _take(self) -> dict[str, list[_Waiter]]:
+        """The pending texts as one call (under the lock); the linger timer of those is void."""
+        batch, self._pending = self._pending, {}
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._generation += 1
+        return batch
+
+    def _flush(self, generation: int) -> None:
+        with self._lock:
+            if generation != self._generation or not self._pending:
+                return  # already sent full
+            batch = self._take()
+        self._run(self._call, batch)  # on the embedder's threads, bounded like every other call
+
+    def _call(self, batch: dict[str, list[_Waiter]]) -> None:
+        texts = list(batch)
+        try:
+            result = self._send(texts)
+        except TEXT_FAULTS as exc:
+            if len(texts) == 1:
+                for w in batch[texts[0]]:
+                    w.fail(exc)
+                return
+            half = len(texts) // 2
+            log.warning("a shared embedding call was refused (%s); splitting it to find the text", exc.code)
+            self._call({t: batch[t] for t in texts[:half]})
+            self._call({t: batch[t] for t in texts[half:]})
+            return
+        except BaseException as exc:  # every caller in the call fails (and is retried on its own)
+            for waiters in batch.values():
+                for w in waiters:
+                    w.fail(exc)
+            return
+        self._route(batch, texts, result)
+
+    @staticmethod
+    def _route(batch: dict[str, list[_Waiter]], texts: list[str], result: EmbeddingBatch) -> None:
+        chars: dict[int, int] = {}
+        owners: dict[int, _Waiter] = {}
+        for text in texts:
+            for w in batch[text]:
+                owners[id(w)] = w
+                chars[id(w)] = chars.get(id(w), 0) + len(text)
+        total = sum(chars.values()) or 1
+        u = result.usage
+        for n, (key, w) in enumerate(owners.items()):
+            share = chars[key] / total
+            w.usage += Usage(
+                prompt_tokens=round(u.prompt_tokens * share),
+                cost_usd=u.cost_usd * share,
+                calls=u.calls if n == 0 else 0,
+            )
+        for text, vector in zip(texts, result.vectors, strict=True):
+            for w in batch[text]:
+                w.give(text, vector)
+
+
 class Embedder:
     def __init__(
         self,
@@ -134,7 +271,11 @@ class Embedder:
         cache: EmbeddingCache | None = None,
         pacer: Pacer | None = None,
         max_attempts: int = 8,
+        pack_linger: float = 0.0,
     ) -> None:
+        """``pack_linger`` (seconds, > 0): the last, partly filled call of each :meth:`embed` waits
+        this long in a shared :class:`Packer` for other concurrent callers' texts (the indexer's
+        small files); 0 sends each caller's calls on their own."""
         self.backend = backend
         self.pacer = pacer
         self.max_attempts = max(1, max_attempts)
@@ -156,6 +297,11 @@ class Embedder:
         self.cache = cache
         self._pool: ThreadPoolExecutor | None = None
         self._pool_lock = threading.Lock()
+        self.packer = (
+            Packer(self.batch_size, pack_linger, self._send, lambda fn, arg: self._executor().submit(fn, arg))
+            if pack_linger > 0
+            else None
+        )
 
     def _executor(self) -> ThreadPoolExecutor:
         """One pool per embedder: concurrent :meth:`embed` calls share its ``concurrency`` slots, so
@@ -202,9 +348,10 @@ class Embedder:
         results: list[EmbeddingBatch],
         skipped: list[int],
         hashes: dict[int, str],
+        packed: tuple[dict[str, Vector], Usage] = ({}, Usage()),
     ) -> EmbedResult:
-        by_text: dict[str, Vector] = {}
-        usage = Usage()
+        by_text: dict[str, Vector] = dict(packed[0])
+        usage = packed[1]
         for indices, result in zip(batches, results, strict=True):
             usage += result.usage
             for i, vector in zip(indices, result.vectors, strict=True):
@@ -224,16 +371,27 @@ class Embedder:
             log.info("skipped %d empty texts at %s", len(skipped), skipped[:20])
 
         def call(indices: list[int]) -> EmbeddingBatch:
-            batch = [texts[i] for i in indices]
-            if self.pacer is None:
-                return self._validated(self.backend.embed_batch(batch, self.model, self.dimensions))
-            return self._validated(self._paced(batch, self.pacer))
+            return self._send([texts[i] for i in indices])
 
-        if len(batches) <= 1 or self.concurrency == 1:
+        tail: list[int] = []
+        if self.packer is not None and batches and len(batches[-1]) < self.batch_size:
+            tail = batches.pop()  # a partly filled call: shared with other callers' texts
+        if not tail and (len(batches) <= 1 or self.concurrency == 1):
             results = [call(b) for b in batches]
+            packed: tuple[dict[str, Vector], Usage] = ({}, Usage())
         else:
-            results = list(self._executor().map(call, batches))
-        return self._assemble(texts, cached, batches, results, skipped, hashes)
+            pending = [self._executor().submit(call, b) for b in batches]
+            try:
+                packed = self.packer.embed([texts[i] for i in tail]) if self.packer and tail else ({}, Usage())
+            finally:
+                results = [f.result() for f in pending]
+        return self._assemble(texts, cached, batches, results, skipped, hashes, packed)
+
+    def _send(self, batch: list[str]) -> EmbeddingBatch:
+        """One call (paced and retried when there is a pacer), its vectors checked."""
+        if self.pacer is None:
+            return self._validated(self.backend.embed_batch(batch, self.model, self.dimensions))
+        return self._validated(self._paced(batch, self.pacer))
 
     async def aembed(self, texts: Sequence[str]) -> EmbedResult:
         """The same on the event loop (the chat app's path)."""
