@@ -14,6 +14,7 @@ per file, so the ceiling in files/s is the quota's requests/s).
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import itertools
 import logging
@@ -116,8 +117,8 @@ def _measure(svc: Services, bucket: str, fn: Callable[[str], int]) -> dict[str, 
 def run(repeats: int = REPEATS, files: int = FILES) -> list[str]:
     contenders: dict[str, Callable[[str], int]] = {"in-process sequential (--local --workers 1)": _sequential}
     for w in WORKERS:
-        contenders[f"fan-out, W={w} queue workers"] = lambda b, w=w: _fan_out(b, w)
-    contenders["in-process pool (--local --workers 8)"] = lambda b: _local_pool(b, 8)
+        contenders[f"fan-out, W={w} queue workers"] = functools.partial(_fan_out, workers=w)
+    contenders["in-process pool (--local --workers 8)"] = functools.partial(_local_pool, workers=8)
     results: dict[str, list[dict[str, Any]]] = {name: [] for name in contenders}
     with services(latency=LATENCY, rate_limit=RATE) as svc:
         env = svc.env(

@@ -127,7 +127,7 @@ def demo(files: int, *, workers: int = 4, interval: float = 0.5, say: Any = prin
     with LocalStack(say=lambda *_: None) as stack:
         from indexer import backfill
 
-        s3 = boto3.client("s3")
+        s3: Any = boto3.client("s3")
         say(f"Putting {files} generated files in s3://{stack.bucket}/backfill-demo/ …", flush=True)
         # the files predate the bucket's trigger: put them with the notification off, then restore it
         wiring = s3.get_bucket_notification_configuration(Bucket=stack.bucket)
