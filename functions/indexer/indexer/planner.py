@@ -245,7 +245,9 @@ def chunk_checker(store: Any) -> Callable[[list[Commit]], set[str]]:
     """``verify`` for :func:`plan`: the keys among ``commits`` whose committed chunks are not all in
     the index. One ``_count`` per page (terms on the keys and on their versions: a version token is
     unique to one write of one key, so the two terms select exactly the committed chunks); only a
-    page that comes up short is split in halves, so a healthy index costs one query per 1,000 keys."""
+    page that comes up short is split in halves, so a healthy index costs one query per 1,000 keys.
+    A page is at most :data:`PAGE` keys, well under the 65,536 terms a terms query takes by default
+    (OpenSearch docs, "Terms query": ``index.max_terms_count``)."""
 
     def count(group: list[Commit]) -> int:
         query = {
