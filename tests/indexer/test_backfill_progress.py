@@ -248,3 +248,28 @@ def test_planner_memory_stays_flat_with_progress_tracking():
 )
 def test_classify(commit, expected):
     assert progress.classify(commit, "0" * 39 + "2") == expected
+
+
+def test_a_planner_failing_midway_leaves_a_run_followers_can_finish(uploader, queues, commits, monkeypatch, capsys):
+    s3, bucket = uploader.s3, uploader.bucket
+    for i in range(25):
+        s3.put_object(Bucket=bucket, Key=f"docs/{i:02d}.txt", Body=f"Text {i}.".encode())
+    sent = 0
+    real = planner.QueueSink.flush
+
+    def flaky(self: planner.QueueSink) -> None:
+        nonlocal sent
+        if sent == 2:  # the third batch: SQS refuses it
+            raise planner.SendFailed("SQS refused backfill messages: InvalidMessageContents")
+        sent += 1
+        real(self)
+
+    monkeypatch.setattr(planner.QueueSink, "flush", flaky)
+    assert bf.main([f"s3://{bucket}/docs/", "--queue-url", queues.url, "--no-wait", "--no-progress"]) == 2
+    assert "InvalidMessageContents" in capsys.readouterr().err
+    manifest = progress.RunStore(commits).load()
+    # what the journal saw: the 20 sent and the refused last batch of 5, which never commit
+    assert (manifest.status, manifest.enqueued) == ("aborted", 25)
+    drain(queues.sqs, queues.url, timeout=60)
+    snap = progress.Watcher(progress.RunStore(commits), manifest, queues.sqs).poll()
+    assert snap.settled and (snap.total, snap.committed) == (25, 20)

@@ -255,7 +255,9 @@ def _plan_main(queue_url: str, bucket: str, prefix: str, args: argparse.Namespac
         )
         journal = progress.Journal(runs, manifest)
         journal.start()
-        summary = planner.plan(
+        summary = _plan_recorded(
+            journal,
+            planner.plan,
             list_objects(s3, bucket, prefix),
             commits,
             planner.QueueSink(sqs, queue_url),
@@ -280,6 +282,15 @@ def _plan_main(queue_url: str, bucket: str, prefix: str, args: argparse.Namespac
     if args.no_wait:
         return 0
     return _follow(runs, manifest, sqs, args)
+
+
+def _plan_recorded(journal: Any, plan: Any, /, *args: Any, **kwargs: Any) -> Any:
+    """``plan(*args, **kwargs)``; if it fails, the run record says so and keeps what was enqueued."""
+    try:
+        return plan(*args, **kwargs)
+    except BaseException:
+        journal.abort()
+        raise
 
 
 def _attach_main(run: str, args: argparse.Namespace) -> int:

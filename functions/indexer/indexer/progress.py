@@ -62,7 +62,7 @@ class Manifest:
     dlq_url: str | None = None
     dlq_baseline: int = 0
     started: str = ""
-    status: Literal["planning", "planned"] = "planning"
+    status: Literal["planning", "planned", "aborted"] = "planning"  # aborted: the planner failed midway
     enqueued: int = 0
     removals: int = 0
     unchanged: int = 0
@@ -136,6 +136,7 @@ class Journal:
         self.runs, self.manifest = runs, manifest
         self._entries: list[tuple[str, str, str]] = []
         self._bytes = 2
+        self.added: Counter[str] = Counter()
 
     def start(self) -> None:
         self.runs.save(self.manifest)
@@ -147,6 +148,7 @@ class Journal:
             self._flush()
         self._entries.append((key, action[0], sequencer))  # "u"psert or "r"emove
         self._bytes += size
+        self.added[action] += 1
 
     def _flush(self) -> None:
         if self._entries:
@@ -159,6 +161,13 @@ class Journal:
         self._flush()
         m = self.manifest
         m.enqueued, m.removals, m.unchanged, m.skipped, m.status = enqueued, removals, unchanged, skipped, "planned"
+        self.runs.save(m)
+
+    def abort(self) -> None:
+        """The planner failed: record what was enqueued so far, so followers still settle."""
+        self._flush()
+        m = self.manifest
+        m.enqueued, m.removals, m.status = self.added["upsert"], self.added["remove"], "aborted"
         self.runs.save(m)
 
 
