@@ -1,14 +1,18 @@
 """Index objects that were in the bucket before the trigger existed.
 
-    python -m indexer.backfill s3://my-bucket/docs/ [--prune] [--queue-url URL | --local] [--dry-run]
+    python -m indexer.backfill s3://my-bucket/docs/ [--prune] [--queue-url URL | --local [--workers N]]
+                               [--no-wait] [--verify-chunks] [--dry-run]
+    python -m indexer.backfill --attach [RUN_ID]
 
 With a queue URL (``--queue-url`` or ``INDEX_QUEUE_URL``) it plans: one event per changed object
-goes to the indexing queue and the deployed indexer fleet does the work (:mod:`indexer.planner`).
-``--local`` (the default without a queue URL) indexes in this process with the indexer's own code
-path: objects whose ETag matches the key's commit record, and whose committed chunks are all in
-the index, are skipped without reading them (so a chunk index that was deleted or lost documents
-is restored). ``--prune`` also removes keys the commit table knows but the bucket no longer has.
-Prints a summary and exits non-zero if anything failed.
+goes to the indexing queue and the deployed indexer fleet does the work (:mod:`indexer.planner`);
+the run is recorded in the commit table and followed with a progress bar until the fleet has
+committed it, here or from any machine with ``--attach`` (:mod:`indexer.progress`).
+``--local`` (the default without a queue URL) indexes in this process, ``--workers`` files at a
+time, with the indexer's own code path: objects whose ETag matches the key's commit record, and
+whose committed chunks are all in the index, are skipped without reading them (so a chunk index
+that was deleted or lost documents is restored). ``--prune`` also removes keys the commit table
+knows but the bucket no longer has. Prints a summary and exits non-zero if anything failed.
 """
 
 from __future__ import annotations
