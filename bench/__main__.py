@@ -1,4 +1,4 @@
-"""`make bench` (python -m bench [indexing streaming coldstart scale]): print each figure with its
+"""`make bench` (python -m bench [indexing streaming coldstart scale backfill]): print each figure with its
 ratio, measured side by side in this run, and write bench/RESULTS.md.
 
 ``BENCH_QUICK=1`` (`make bench QUICK=1`): the same benchmarks with fewer runs, for a shared machine
@@ -16,13 +16,14 @@ from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
-from bench import coldstart, indexing, scale, streaming
+from bench import backfill, coldstart, indexing, scale, streaming
 
 BENCHES: dict[str, Callable[[], list[str]]] = {
     "indexing": indexing.run,
     "streaming": streaming.run,
     "coldstart": coldstart.run,
     "scale": scale.run,
+    "backfill": backfill.run,
 }
 
 

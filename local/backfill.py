@@ -1,11 +1,16 @@
 """``make backfill``: run the indexer's backfill against the deployed stack, configured as the
 deployed indexer is (its function's environment), so nobody copies six variables by hand.
 
-    python -m local.backfill [--stack qwen-rag] [--prefix docs/] [--prune] [--dry-run] [--local]
+    python -m local.backfill [--stack qwen-rag] [--prefix docs/] [--prune] [--dry-run] [--local [--workers N]]
+                             [--no-wait] [--attach [RUN_ID]] [--verify-chunks]
+    python -m local.backfill --demo 300 [--workers 4]     # end to end on the local stack, no AWS account
 
 By default it plans: one message per changed object goes to the stack's indexing queue
-(``IndexQueueUrl``), and the deployed indexers do the work under their concurrency and retries.
-``--local`` indexes in this process instead.
+(``IndexQueueUrl``), and the deployed indexers do the work under their concurrency and retries,
+while a progress bar follows what they commit. ``--local`` indexes in this process instead.
+``--demo N`` starts the local stack (moto + stand-ins), puts N generated files in its bucket as if
+they predated the trigger, plans them onto the local queue and has ``--workers`` pumped indexers
+(as Lambda's SQS mapping feeds the fleet) work it off under the progress bar.
 
 The stack name defaults to samconfig.toml's; credentials and region come from the usual AWS chain.
 """
@@ -64,7 +69,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--prune", action="store_true", help="remove indexed keys no longer in the bucket")
     parser.add_argument("--dry-run", action="store_true", help="report what would change, change nothing")
     parser.add_argument("--local", action="store_true", help="index in this process instead of via the queue")
+    parser.add_argument("--workers", type=int, default=None, help="--local or --demo: files indexed at once")
+    parser.add_argument("--no-wait", action="store_true", help="plan, print the run id and exit")
+    parser.add_argument("--attach", nargs="?", const="latest", metavar="RUN_ID", help="follow a planned run")
+    parser.add_argument("--verify-chunks", action="store_true", help="re-enqueue committed keys whose chunks are gone")
+    parser.add_argument("--demo", type=int, metavar="N", help="end to end on the local stack with N generated files")
     args = parser.parse_args(argv)
+    if args.demo:
+        return demo(args.demo, workers=args.workers or 4)
 
     import boto3
     from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError, NoRegionError
@@ -88,9 +100,61 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.update(env)
     from indexer import backfill
 
-    flags = [f for f, on in (("--prune", args.prune), ("--dry-run", args.dry_run), ("--local", args.local)) if on]
     print(f"Backfill of s3://{bucket}/{args.prefix} with stack {args.stack}'s indexer settings", flush=True)
-    return backfill.main([f"s3://{bucket}/{args.prefix}", *flags])
+    return backfill.main(passed_on(args, f"s3://{bucket}/{args.prefix}"))
+
+
+def passed_on(args: argparse.Namespace, url: str) -> list[str]:
+    """The indexer backfill's arguments for these options."""
+    if args.attach:
+        return ["--attach", args.attach]
+    switches = ("prune", "dry_run", "local", "no_wait", "verify_chunks")
+    flags = ["--" + name.replace("_", "-") for name in switches if getattr(args, name)]
+    if args.workers:
+        flags += ["--workers", str(args.workers)]
+    return [url, *flags]
+
+
+def demo(files: int, *, workers: int = 4, interval: float = 0.5, say: Any = print) -> int:
+    """Planner → local queue → ``workers`` pumped indexers, with the progress bar, on the local stack."""
+    import threading
+
+    import boto3
+
+    from local.sqs_pump import pump
+    from local.stack import LocalStack
+
+    with LocalStack(say=lambda *_: None) as stack:
+        from indexer import backfill
+
+        s3: Any = boto3.client("s3")
+        say(f"Putting {files} generated files in s3://{stack.bucket}/backfill-demo/ …", flush=True)
+        # the files predate the bucket's trigger: put them with the notification off, then restore it
+        wiring = s3.get_bucket_notification_configuration(Bucket=stack.bucket)
+        wiring.pop("ResponseMetadata", None)
+        s3.put_bucket_notification_configuration(Bucket=stack.bucket, NotificationConfiguration={})
+        for i in range(files):
+            body = f"Backfill demo file {i}: generated text about topic {i % 17} for the local stack."
+            s3.put_object(Bucket=stack.bucket, Key=f"backfill-demo/{i:05d}.txt", Body=body.encode())
+        s3.put_bucket_notification_configuration(Bucket=stack.bucket, NotificationConfiguration=wiring)
+        stop = threading.Event()
+
+        def worker() -> None:  # one indexer of the fleet
+            client = boto3.client("sqs")
+            while not stop.is_set():
+                if not pump(client, stack.queue_url, max_rounds=1, wait_seconds=0):
+                    stop.wait(0.1)
+
+        fleet = [threading.Thread(target=worker, name=f"indexer-{n}") for n in range(max(1, workers))]
+        for t in fleet:
+            t.start()
+        try:
+            url = f"s3://{stack.bucket}/backfill-demo/"
+            return backfill.main([url, "--queue-url", stack.queue_url, "--interval", str(interval)])
+        finally:
+            stop.set()
+            for t in fleet:
+                t.join()
 
 
 if __name__ == "__main__":

@@ -98,7 +98,7 @@ def test_queue_processing_indexes_then_a_second_run_enqueues_nothing(uploader, q
         s3.put_object(Bucket=bucket, Key=f"docs/{i}.txt", Body=f"Document number {i}.".encode())
     s3.put_object(Bucket=bucket, Key="docs/pic.png", Body=b"\x89PNG\r\n\x1a\n")
 
-    assert bf.main([f"s3://{bucket}/docs/", "--queue-url", queues.url, "--no-progress"]) == 0
+    assert bf.main([f"s3://{bucket}/docs/", "--queue-url", queues.url, "--no-progress", "--no-wait"]) == 0
     out = capsys.readouterr().out
     assert "enqueued: 12" in out and "unchanged: 0" in out and "unsupported file type .png: 1" in out
     assert drain(sqs, queues.url, timeout=60) == 12

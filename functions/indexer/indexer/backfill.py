@@ -1,14 +1,18 @@
 """Index objects that were in the bucket before the trigger existed.
 
-    python -m indexer.backfill s3://my-bucket/docs/ [--prune] [--queue-url URL | --local] [--dry-run]
+    python -m indexer.backfill s3://my-bucket/docs/ [--prune] [--queue-url URL | --local [--workers N]]
+                               [--no-wait] [--verify-chunks] [--dry-run]
+    python -m indexer.backfill --attach [RUN_ID]
 
 With a queue URL (``--queue-url`` or ``INDEX_QUEUE_URL``) it plans: one event per changed object
-goes to the indexing queue and the deployed indexer fleet does the work (:mod:`indexer.planner`).
-``--local`` (the default without a queue URL) indexes in this process with the indexer's own code
-path: objects whose ETag matches the key's commit record, and whose committed chunks are all in
-the index, are skipped without reading them (so a chunk index that was deleted or lost documents
-is restored). ``--prune`` also removes keys the commit table knows but the bucket no longer has.
-Prints a summary and exits non-zero if anything failed.
+goes to the indexing queue and the deployed indexer fleet does the work (:mod:`indexer.planner`);
+the run is recorded in the commit table and followed with a progress bar until the fleet has
+committed it, here or from any machine with ``--attach`` (:mod:`indexer.progress`).
+``--local`` (the default without a queue URL) indexes in this process, ``--workers`` files at a
+time, with the indexer's own code path: objects whose ETag matches the key's commit record, and
+whose committed chunks are all in the index, are skipped without reading them (so a chunk index
+that was deleted or lost documents is restored). ``--prune`` also removes keys the commit table
+knows but the bucket no longer has. Prints a summary and exits non-zero if anything failed.
 """
 
 from __future__ import annotations
@@ -16,9 +20,12 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import threading
 from collections import Counter
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -82,7 +89,10 @@ def backfill(
     prune: bool = False,
     dry_run: bool = False,
     progress: bool = True,
+    workers: int = 1,
 ) -> Summary:
+    """Index in this process, ``workers`` objects at a time (threads: the pipeline is synchronous
+    and waits on the network; the commit table's conditional writes keep any overlap idempotent)."""
     from tqdm import tqdm
 
     indexer.store.ensure_index()
@@ -91,16 +101,20 @@ def backfill(
     objects = list(list_objects(indexer.s3, bucket, prefix))
     summary = Summary(dry_run=dry_run)
     seen: set[str] = set()
-    for obj in tqdm(objects, desc="backfill", unit="file", disable=not progress, file=sys.stderr):
+    lock = threading.Lock()
+    bar = tqdm(total=len(objects), desc="backfill", unit="file", disable=not progress, file=sys.stderr)
+
+    def one(obj: dict[str, Any]) -> None:
         key, etag = obj["Key"], obj["ETag"].strip('"')
-        seen.add(key)
         state = states.get(key)
         if state is not None and not state.deleted and state.etag == etag and _all_there(indexer, state):
-            summary.actions["unchanged"] += 1
-            continue
+            with lock:
+                summary.actions["unchanged"] += 1
+            return
         if dry_run:
-            summary.actions["indexed"] += 1
-            continue
+            with lock:
+                summary.actions["indexed"] += 1
+            return
         event = ObjectEvent(
             action="upsert",
             bucket=bucket,
@@ -109,7 +123,14 @@ def backfill(
             sequencer=sequencer_after(state.sequencer if state else None),
             size=obj.get("Size"),
         )
-        _apply(indexer, event, summary)
+        _apply(indexer, event, summary, lock)
+
+    # The workers share the one indexer, so its embedding pacer keeps the whole pool under the quota.
+    with bar, ThreadPoolExecutor(max(1, workers), thread_name_prefix="backfill") as pool:
+        for obj in objects:
+            seen.add(obj["Key"])
+        for _ in pool.map(one, objects):
+            bar.update(1)
     if prune:
         for key, state in sorted(states.items()):
             if key not in seen and not state.deleted:
@@ -117,7 +138,7 @@ def backfill(
                     summary.actions["removed"] += 1
                     continue
                 gone = ObjectEvent(action="remove", bucket=bucket, key=key, sequencer=sequencer_after(state.sequencer))
-                _apply(indexer, gone, summary)
+                _apply(indexer, gone, summary, lock)
     return summary
 
 
@@ -126,12 +147,18 @@ def _all_there(indexer: Indexer, commit: Commit) -> bool:
     return commit.version is None or indexer.store.count(commit.key, version=commit.version) == commit.chunks
 
 
-def _apply(indexer: Indexer, event: ObjectEvent, summary: Summary) -> None:
+def _apply(indexer: Indexer, event: ObjectEvent, summary: Summary, lock: threading.Lock) -> None:
     try:
         outcome = indexer.handle(event)
     except (RagError, OSError) as exc:
-        summary.failed.append((event.key, str(exc)))
+        with lock:
+            summary.failed.append((event.key, str(exc)))
         return
+    with lock:
+        _count(summary, event, outcome)
+
+
+def _count(summary: Summary, event: ObjectEvent, outcome: Any) -> None:
     summary.actions[outcome.action] += 1
     if outcome.action == "skipped":
         summary.skipped.append((event.key, outcome.reason or ""))
@@ -140,29 +167,53 @@ def _apply(indexer: Indexer, event: ObjectEvent, summary: Summary) -> None:
     summary.cost_usd += outcome.usage.cost_usd
 
 
+def default_workers() -> int:
+    return min(8, (os.cpu_count() or 1) * 2)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m indexer.backfill", description=__doc__.splitlines()[0])
-    parser.add_argument("url", help="s3://bucket/prefix")
+    parser.add_argument("url", nargs="?", help="s3://bucket/prefix (not with --attach)")
     parser.add_argument("--prune", action="store_true", help="remove indexed keys that are no longer in the bucket")
     parser.add_argument("--dry-run", action="store_true", help="report what would change, change nothing")
-    parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar (the summary is still printed)")
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--queue-url", help="enqueue changed objects for the indexer fleet (default: $INDEX_QUEUE_URL)")
     mode.add_argument("--local", action="store_true", help="index in this process instead of through the queue")
+    mode.add_argument(
+        "--attach", nargs="?", const="latest", metavar="RUN_ID", help="follow a planned run (default: the latest)"
+    )
+    parser.add_argument("--workers", type=int, default=default_workers(), help="--local: files indexed at once")
+    parser.add_argument("--no-wait", action="store_true", help="queue mode: plan, print the run id and exit")
+    parser.add_argument("--interval", type=float, default=5.0, help="seconds between progress polls")
+    parser.add_argument("--timeout", type=float, default=None, help="stop following after this many seconds")
+    parser.add_argument(
+        "--verify-chunks", action="store_true", help="queue mode: re-enqueue committed keys whose chunks are missing"
+    )
     args = parser.parse_args(argv)
+    if args.attach:
+        return _attach_main(args.attach, args)
+    if not args.url:
+        parser.error("an s3://bucket/prefix is needed (or --attach)")
     try:
         bucket, prefix = parse_s3_url(args.url)
     except ValueError as exc:
         parser.error(str(exc))
     queue_url = None if args.local else args.queue_url or os.environ.get("INDEX_QUEUE_URL")
     if queue_url and not args.dry_run:
-        return _plan_main(queue_url, bucket, prefix, prune=args.prune)
+        return _plan_main(queue_url, bucket, prefix, args)
     from indexer.handler import build_indexer
 
     try:
         indexer = build_indexer()
         summary = backfill(
-            indexer, bucket, prefix, prune=args.prune, dry_run=args.dry_run, progress=not args.no_progress
+            indexer,
+            bucket,
+            prefix,
+            prune=args.prune,
+            dry_run=args.dry_run,
+            progress=not args.no_progress,
+            workers=args.workers,
         )
     except RagError as exc:
         print(f"backfill failed: {exc}", file=sys.stderr)
@@ -171,33 +222,103 @@ def main(argv: list[str] | None = None) -> int:
     return 1 if summary.failed else 0
 
 
-def _plan_main(queue_url: str, bucket: str, prefix: str, *, prune: bool) -> int:
-    import boto3
+def _commits() -> Any:
     from rag_shared.commits import CommitStore
     from rag_shared.config import load_settings
 
-    from indexer import planner
+    commits = CommitStore.from_settings(load_settings())
+    if commits is None:
+        raise RagError("queue mode compares with the commit records: set COMMIT_TABLE")
+    return commits
+
+
+def _plan_main(queue_url: str, bucket: str, prefix: str, args: argparse.Namespace) -> int:
+    import boto3
+
+    from indexer import planner, progress
 
     try:
-        commits = CommitStore.from_settings(load_settings())
-        if commits is None:
-            print("backfill failed: queue mode compares with the commit records: set COMMIT_TABLE", file=sys.stderr)
-            return 2
+        commits = _commits()
         s3, sqs = boto3.client("s3"), boto3.client("sqs")
-        summary = planner.plan(
+        verify = None
+        if args.verify_chunks:
+            from rag_shared.config import load_settings
+            from rag_shared.store import VectorStore
+
+            verify = planner.chunk_checker(VectorStore.from_settings(load_settings(), commits=commits))
+        runs = progress.RunStore(commits)
+        dlq = progress.dead_letter_url(sqs, queue_url)
+        manifest = progress.Manifest(
+            run=progress.new_run_id(),
+            bucket=bucket,
+            prefix=prefix,
+            queue_url=queue_url,
+            dlq_url=dlq,
+            dlq_baseline=progress.queue_count(sqs, dlq),
+            started=datetime.now(UTC).isoformat(timespec="seconds"),
+        )
+        journal = progress.Journal(runs, manifest)
+        journal.start()
+        summary = _plan_recorded(
+            journal,
+            planner.plan,
             list_objects(s3, bucket, prefix),
             commits,
             planner.QueueSink(sqs, queue_url),
             bucket,
             prefix=prefix,
-            prune=prune,
+            prune=args.prune,
             exists=planner.s3_exists(s3, bucket),
+            journal=journal,
+            verify=verify,
+        )
+        journal.finish(
+            enqueued=summary.enqueued,
+            removals=summary.removals,
+            unchanged=summary.unchanged,
+            skipped=dict(summary.skipped),
         )
     except RagError as exc:
         print(f"backfill failed: {exc}", file=sys.stderr)
         return 2
     print(summary.render())
-    return 0
+    print(f"run id: {manifest.run} (follow it with: python -m indexer.backfill --attach {manifest.run})", flush=True)
+    if args.no_wait:
+        return 0
+    return _follow(runs, manifest, sqs, args)
+
+
+def _plan_recorded(journal: Any, plan: Any, /, *args: Any, **kwargs: Any) -> Any:
+    """``plan(*args, **kwargs)``; if it fails, the run record says so and keeps what was enqueued."""
+    try:
+        return plan(*args, **kwargs)
+    except BaseException:
+        journal.abort()
+        raise
+
+
+def _attach_main(run: str, args: argparse.Namespace) -> int:
+    import boto3
+
+    from indexer import progress
+
+    try:
+        runs = progress.RunStore(_commits())
+        manifest = runs.load(run)
+    except RagError as exc:
+        print(f"backfill failed: {exc}", file=sys.stderr)
+        return 2
+    print(f"attached to backfill {manifest.run} of s3://{manifest.bucket}/{manifest.prefix}", flush=True)
+    return _follow(runs, manifest, boto3.client("sqs"), args)
+
+
+def _follow(runs: Any, manifest: Any, sqs: Any, args: argparse.Namespace) -> int:
+    from indexer import progress
+
+    watcher = progress.Watcher(runs, manifest, sqs)
+    snap = progress.follow(watcher, interval=args.interval, progress=not args.no_progress, timeout=args.timeout)
+    print(progress.render_summary(watcher.manifest, snap))
+    return 0 if snap.committed >= snap.total and not snap.dead else 1
 
 
 if __name__ == "__main__":

@@ -46,6 +46,12 @@ class Commits(Protocol):
     def scan(self) -> Iterator[Commit]: ...
 
 
+class Journal(Protocol):
+    """Where the planner records what it enqueued (:class:`indexer.progress.Journal`)."""
+
+    def add(self, key: str, action: str, sequencer: str) -> None: ...
+
+
 class SendFailed(RagError):
     """SQS refused some entries after every retry (or for a reason a retry cannot fix)."""
 
@@ -55,6 +61,7 @@ class PlanSummary:
     enqueued: int = 0
     unchanged: int = 0
     removals: int = 0
+    restored: int = 0  # unchanged by their commit, but their chunks were missing (--verify-chunks)
     skipped: Counter[str] = field(default_factory=Counter)
     examples: list[tuple[str, str]] = field(default_factory=list)
 
@@ -69,6 +76,7 @@ class PlanSummary:
             f"  enqueued: {self.enqueued}",
             f"  unchanged: {self.unchanged}",
             f"  removals enqueued: {self.removals}",
+            *([f"  chunks missing, enqueued again: {self.restored}"] if self.restored else []),
             f"  skipped: {sum(self.skipped.values())}",
         ]
         lines += [f"    {reason}: {n}" for reason, n in sorted(self.skipped.items())]
@@ -169,15 +177,28 @@ def plan(
     prefix: str = "",
     prune: bool = False,
     exists: Callable[[str], bool] | None = None,
+    journal: Journal | None = None,
+    verify: Callable[[list[Commit]], set[str]] | None = None,
 ) -> PlanSummary:
     """Enqueue an event per changed object in ``objects`` (a listing: dicts with Key, ETag, Size).
     With ``prune``, also a removal per live committed key under ``prefix`` that ``exists`` says is
-    gone from the bucket."""
+    gone from the bucket. ``journal`` records each enqueued key for progress; ``verify`` (given the
+    page's unchanged commits, returns the keys whose chunks are missing from the index) makes an
+    unchanged object whose chunks were lost changed again."""
     summary = PlanSummary()
     for page in _pages(objects, PAGE):
         committed = commits.get_many(o["Key"] for o in page)
+        lost = (
+            verify([committed[o["Key"]] for o in page if decide(o, committed.get(o["Key"]))[0] == "unchanged"])
+            if verify
+            else set()
+        )
         for obj in page:
-            verdict, detail = decide(obj, committed.get(obj["Key"]))
+            commit = committed.get(obj["Key"])
+            verdict, detail = decide(obj, commit)
+            if verdict == "unchanged" and obj["Key"] in lost and commit is not None:
+                verdict, detail = "upsert", sequencer_after(commit.sequencer)
+                summary.restored += 1
             if verdict == "unchanged":
                 summary.unchanged += 1
             elif verdict == "skip":
@@ -188,14 +209,19 @@ def plan(
                 )
                 sink.send(message)
                 summary.enqueued += 1
-        del page, committed  # before the next page is read: one page in memory at a time
+                if journal is not None:
+                    journal.add(obj["Key"], "upsert", detail or "")
+        del page, committed, lost  # before the next page is read: one page in memory at a time
     if prune:
         if exists is None:
             raise ValueError("prune needs an exists() check")
         for commit in commits.scan():
             if commit.key.startswith(prefix) and not commit.deleted and not exists(commit.key):
-                sink.send(backfill_message(bucket, commit.key, "remove", sequencer_after(commit.sequencer)))
+                seq = sequencer_after(commit.sequencer)
+                sink.send(backfill_message(bucket, commit.key, "remove", seq))
                 summary.removals += 1
+                if journal is not None:
+                    journal.add(commit.key, "remove", seq)
     sink.flush()
     return summary
 
@@ -213,3 +239,35 @@ def s3_exists(s3: Any, bucket: str) -> Callable[[str], bool]:
             raise
 
     return exists
+
+
+def chunk_checker(store: Any) -> Callable[[list[Commit]], set[str]]:
+    """``verify`` for :func:`plan`: the keys among ``commits`` whose committed chunks are not all in
+    the index. One ``_count`` per page (terms on the keys and on their versions: a version token is
+    unique to one write of one key, so the two terms select exactly the committed chunks); only a
+    page that comes up short is split in halves, so a healthy index costs one query per 1,000 keys.
+    A page is at most :data:`PAGE` keys, well under the 65,536 terms a terms query takes by default
+    (OpenSearch docs, "Terms query": ``index.max_terms_count``)."""
+
+    def count(group: list[Commit]) -> int:
+        query = {
+            "bool": {
+                "filter": [
+                    {"terms": {"source_key": [c.key for c in group]}},
+                    {"terms": {"version": [c.version for c in group]}},
+                ]
+            }
+        }
+        result = store.client.count(index=store.index, body={"query": query}, params={"ignore": 404})
+        return int(result.get("count", 0))
+
+    def missing(commits: list[Commit]) -> set[str]:
+        group = [c for c in commits if c.version is not None and c.chunks > 0]
+        if not group or count(group) >= sum(c.chunks for c in group):
+            return set()
+        if len(group) == 1:
+            return {group[0].key}
+        half = len(group) // 2
+        return missing(group[:half]) | missing(group[half:])
+
+    return missing
