@@ -185,5 +185,7 @@ def test_files_that_fail_are_counted_as_failed_with_their_reason(
     failed = [line for line in lines if line.strip().startswith("failed")]
     assert len(failed) == 2, lines
     assert all("(try 1, again in 5 s)" in line for line in failed), failed
-    # locally one retry per call, not a Lambda's five
-    assert len(failing_dashscope.calls("/embeddings", status=503)) == 2 * 2, failing_dashscope.calls("/embeddings")
+    # locally one retry per call, not a Lambda's five: 2 x 1 calls when both small files' texts shared a
+    # packed call (one SQS receive), 2 x 2 when their events came in separate receives
+    failed_calls = len(failing_dashscope.calls("/embeddings", status=503))
+    assert failed_calls in (2, 4), failing_dashscope.calls("/embeddings")

@@ -1,9 +1,10 @@
-"""Doubling a hostile input at most ~2.5x the time, for each extractor and the chunker.
+"""Doubling a hostile input at most ~3x the time, for each extractor and the chunker.
 
 CPU time of this process (``time.process_time``), so other processes on a busy machine do not count;
 runs at n and 2n alternate (3 pairs, best of each), so a load change between them skews both alike,
 and a ratio over the bound is measured up to three more pairs before failing. A linear step shows
-~2x (2.0-2.2x measured under load with 8 other jobs), a quadratic one ~4x and fails either way.
+~2x (2.0-2.2x measured under load with 8 other jobs, up to 2.8x beside another pytest worker
+competing for the memory bus), a quadratic one ~4x and fails either way.
 """
 
 from __future__ import annotations
@@ -21,8 +22,9 @@ from bench.hostile import SHAPES
 
 # ~2x for a linear step; a quadratic one shows ~4x. Timing all runs at n before all runs at 2n flaked
 # past 2.3x in full CI runs (2.35x, 2.44x: the machine's load changed between the two series);
-# alternating them brought the worst of 11 shapes under load to 2.17x.
-BOUND = 2.5
+# alternating them brought the worst of 11 shapes under load to 2.17x; with the suite's second
+# pytest worker on the other core, 2.51x and 2.78x were seen.
+BOUND = 3.0
 
 
 def _run(key: str, data: bytes, limits: Limits) -> None:
@@ -79,7 +81,7 @@ def _ratio(key: str, small: bytes, large: bytes, limits: Limits) -> tuple[float,
         ("pdf high-ratio stream", 30_000),  # inflated content; extracted and chunked
     ],
 )
-def test_doubling_the_input_at_most_2_5x_the_time(shape, n):
+def test_doubling_the_input_at_most_3x_the_time(shape, n):
     key, build = SHAPES[shape]
     # grow n until one run takes 0.15 s: at a few tens of ms, page faults of fresh large buffers and a
     # busy neighbour's cache traffic swung single ratios past 3x on this 2-core machine. But 2n stays
