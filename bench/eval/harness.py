@@ -26,11 +26,13 @@ K = 5
 # (name, request fields). search_type is the hybrid branch's field: before it is merged the server
 # refuses it (422) and the harness says so.
 MODES: list[tuple[str, dict[str, Any]]] = [
-    ("knn (no search_type)", {"rerank": False}),
     ("semantic", {"search_type": "semantic", "rerank": False}),
+    ("keyword", {"search_type": "keyword", "rerank": False}),
     ("hybrid", {"search_type": "hybrid", "rerank": False}),
+    ("semantic+rerank", {"search_type": "semantic", "rerank": True}),
     ("hybrid+rerank", {"search_type": "hybrid", "rerank": True}),
-    ("knn+rerank", {"rerank": True}),
+    ("hybrid, min_score 0.6", {"search_type": "hybrid", "rerank": False, "min_score": 0.6}),
+    ("hybrid, min_score 0.7", {"search_type": "hybrid", "rerank": False, "min_score": 0.7}),
 ]
 FOLLOWUP_MODES: list[tuple[str, dict[str, Any]]] = [
     ("follow-ups, raw question", {"rewrite_query": False, "rerank": False}),

@@ -74,9 +74,19 @@ def test_rerank_reorders_the_search_candidates_by_relevance(http, corpus, dashsc
 def test_rerank_metrics_beat_search_order_on_the_eval_set(http, corpus):
     """On the stand-in, rerank (BM25) puts the labelled chunk higher than k-NN over word hashes."""
     single = [q for q in QUESTIONS if q.kind == "single"]
-    off = harness.evaluate(post(http), single, "knn", {"rerank": False}, TEXTS)
-    on = harness.evaluate(post(http), single, "knn+rerank", {"rerank": True}, TEXTS)
+    off = harness.evaluate(post(http), single, "semantic", {"search_type": "semantic", "rerank": False}, TEXTS)
+    on = harness.evaluate(post(http), single, "semantic+rerank", {"search_type": "semantic", "rerank": True}, TEXTS)
     assert on.mrr > off.mrr and on.recall >= off.recall
+
+
+def test_hybrid_is_at_least_as_good_as_semantic_on_the_eval_set(http, corpus):
+    """BM25 beside the word-hash k-NN: the rare codes and exact terms of the set rank higher."""
+    single = [q for q in QUESTIONS if q.kind == "single"]
+    semantic = harness.evaluate(post(http), single, "semantic", {"search_type": "semantic", "rerank": False}, TEXTS)
+    hybrid = harness.evaluate(post(http), single, "hybrid", {"search_type": "hybrid", "rerank": False}, TEXTS)
+    assert semantic.refused is None and hybrid.refused is None
+    assert hybrid.recall >= semantic.recall and hybrid.mrr >= semantic.mrr
+    assert (hybrid.recall, hybrid.mrr) != (semantic.recall, semantic.mrr)  # the fusion changed the order
 
 
 @pytest.mark.parametrize(
