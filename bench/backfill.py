@@ -73,7 +73,7 @@ def _fan_out(bucket: str, workers: int) -> int:
     from indexer import backfill, planner
     from indexer.handler import get_indexer
 
-    from local.sqs_pump import pump
+    from local.sqs_pump import pump, queue_empty
 
     sqs = boto3.client("sqs")
     url = sqs.create_queue(QueueName=f"{bucket}-q")["QueueUrl"]
@@ -87,11 +87,7 @@ def _fan_out(bucket: str, workers: int) -> int:
         while True:
             if pump(client, url, max_rounds=1, wait_seconds=0):
                 continue
-            attrs = client.get_queue_attributes(
-                QueueUrl=url,
-                AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
-            )["Attributes"]
-            if attrs["ApproximateNumberOfMessages"] == "0" and attrs["ApproximateNumberOfMessagesNotVisible"] == "0":
+            if queue_empty(client, url):
                 return
             time.sleep(0.05)
 
