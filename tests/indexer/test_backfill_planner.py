@@ -239,3 +239,35 @@ def test_local_wins_over_the_queue_url_in_the_environment(uploader, queues, monk
     assert queues.messages() == []
     assert bf.main([f"s3://{uploader.bucket}/docs/", "--no-progress"]) == 0  # the queue, from the environment
     assert "enqueued: 0" in capsys.readouterr().out and queues.messages() == []
+
+
+def test_an_applied_sidecar_is_unchanged_on_the_next_run_and_pruned_once_deleted(
+    uploader, queues, commits, indexer_env
+):
+    """A `<key>.metadata.json` has no chunks, so no chunk commit: the indexer records the sidecar it
+    applied under its own key, and a second run enqueues nothing (before, every run sent it again)."""
+    s3, bucket, sqs = uploader.s3, uploader.bucket, queues.sqs
+    s3.put_object(Bucket=bucket, Key="docs/a.txt", Body=b"Document a.")
+    s3.put_object(Bucket=bucket, Key="docs/a.txt.metadata.json", Body=b'{"metadataAttributes": {"team": "ops"}}')
+    first = _plan(s3, sqs, commits, bucket, queues.url, prefix="docs/")
+    assert first.enqueued == 2
+    assert drain(sqs, queues.url, timeout=60) == 2
+    store = store_for(indexer_env)
+    store.refresh()
+    hits = store.search(fake_embedding("Document a.", 1536), 1)
+    assert hits and hits[0].metadata == {"team": "ops"}  # the sidecar was applied, whichever came first
+    sidecar = commits.get("docs/a.txt.metadata.json")
+    assert sidecar is not None and sidecar.etag and sidecar.version is None and not sidecar.deleted
+
+    again = _plan(s3, sqs, commits, bucket, queues.url, prefix="docs/", prune=True)
+    assert (again.enqueued, again.unchanged, again.removals) == (0, 2, 0)
+
+    s3.delete_object(Bucket=bucket, Key="docs/a.txt.metadata.json")
+    pruned = _plan(s3, sqs, commits, bucket, queues.url, prefix="docs/", prune=True)
+    assert (pruned.enqueued, pruned.removals) == (0, 1)
+    assert drain(sqs, queues.url, timeout=60) == 1
+    store.refresh()
+    assert store.search(fake_embedding("Document a.", 1536), 1)[0].metadata == {}
+    assert commits.get("docs/a.txt.metadata.json").deleted
+    last = _plan(s3, sqs, commits, bucket, queues.url, prefix="docs/", prune=True)
+    assert (last.enqueued, last.removals) == (0, 0)

@@ -476,11 +476,32 @@ class Indexer:
         key = document_key(event.key)
         commit = self.commits.get(key)
         if commit is None or commit.deleted or commit.version is None:
+            self._record_sidecar(event)
             return Outcome(
                 key=event.key, action="stale", reason=f"no indexed version of {key!r}; its indexing reads the sidecar"
             )
         outcome = self._sync_metadata(event.bucket, key, commit.version, commit.version_id, commit.etag)
+        self._record_sidecar(event)
         return outcome.model_copy(update={"key": event.key})
+
+    def _record_sidecar(self, event: ObjectEvent) -> None:
+        """Record the sidecar S3 serves now (its ETag, or its absence) as the commit of its own key,
+        ordered by the event's sequencer like any commit. It carries no chunks and no reader looks at
+        it; it lets a backfill find an applied sidecar unchanged (and ``--prune`` a deleted one)
+        instead of sending it again on every run. Best effort: without it a backfill only repeats
+        the metadata update, which is idempotent."""
+        if event.action == "sweep":
+            return
+        try:
+            etag: str | None = str(self.s3.head_object(Bucket=event.bucket, Key=event.key)["ETag"]).strip('"')
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code", "") not in ("NoSuchKey", "404", "NotFound"):
+                log.warning("could not record the sidecar %s: %s", event.key, type(exc).__name__)
+                return
+            etag = None
+        seq = self._sequencer(event)
+        reason = "metadata sidecar, applied to its document's chunks"
+        self.commits.commit(Commit(event.key, seq, None, 0, deleted=etag is None, etag=etag, reason=reason))
 
     # remove
 
