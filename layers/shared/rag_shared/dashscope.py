@@ -94,6 +94,70 @@ def _request_id(response: httpx.Response) -> str | None:
     return str(rid) if rid else None
 
 
+def transport_failure(exc: httpx.TransportError, service: str = "DashScope") -> RagError:
+    """A call that got no answer (timeout, refused or dropped connection), raised from its cause."""
+    if isinstance(exc, httpx.TimeoutException):
+        failure: RagError = ServiceUnavailableError(f"{service} timed out after retries")
+    else:
+        failure = ServiceUnavailableError(f"could not reach {service} after retries")
+    failure.__cause__ = exc
+    return failure
+
+
+def status_failure(response: httpx.Response, region: Region | None, key_source: str) -> RagError:
+    """Our error for a non-200 answer, raised from the HTTP error, which keeps the status and
+    ``Retry-After`` for the embedder's pacer (:func:`rag_shared.embeddings.retry_after_of`)."""
+    body = _loads_or_none(response.content)
+    code, message = _error_fields(body)
+    request_id = _request_id(response) or (
+        str(body["request_id"]) if isinstance(body, dict) and body.get("request_id") else None
+    )
+    failure = map_status(
+        response.status_code,
+        code,
+        message or response.content[:200].decode("utf-8", "replace"),
+        region=region,
+        key_source=key_source,
+        request_id=request_id,
+    )
+    failure.__cause__ = httpx.HTTPStatusError(
+        f"DashScope answered {response.status_code}", request=response.request, response=response
+    )
+    return failure
+
+
+@dataclass
+class Retries:
+    """The openai SDK's retry policy for one call (its ``_should_retry``): timeouts, connection
+    errors, 408/409/429/5xx, up to ``limit`` retries after the first try, waiting as
+    :func:`retry_delay` says; any other answer is final. A 401 with a key from Secrets Manager is
+    tried again at once, once, with the key read again (a rotated secret), and not counted."""
+
+    keys: ApiKeyProvider
+    limit: int
+    attempt: int = 0
+    reread: bool = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.reread = self.keys.source != "DASHSCOPE_API_KEY"
+
+    def delay(self, failure: RagError, answer: httpx.Response | None) -> float:
+        """Seconds to wait before the next try of a call that failed with ``failure`` (``answer``:
+        the HTTP answer, None if there was none), or raise ``failure``."""
+        if answer is not None:
+            if answer.status_code == 401 and self.reread:
+                self.reread = False
+                self.keys.invalidate()
+                return 0.0
+            if answer.status_code not in _RETRY_STATUSES:
+                raise failure
+        if self.attempt >= self.limit:
+            raise failure
+        seconds = retry_delay(self.attempt, answer.headers if answer is not None else {})
+        self.attempt += 1
+        return seconds
+
+
 def map_status(
     status: int,
     code: str,
@@ -334,96 +398,46 @@ class DashScopeClient:
                 cached = self._async = (fp, loop, cached[2])
             return cached[2]
 
-    def _verdict(self, response: httpx.Response, attempt: int, reread: bool) -> tuple[RagError, bool]:
-        """What a non-200 answer means: our error (raised from the HTTP error, which keeps the
-        status and ``Retry-After`` for the embedder's pacer), and whether to try again."""
-        code, message = _error_fields(_loads_or_none(response.content))
-        failure = map_status(
-            response.status_code,
-            code,
-            message or response.content[:200].decode("utf-8", "replace"),
-            region=self.settings.region,
-            key_source=self.keys.source,
-            request_id=_request_id(response),
-        )
-        failure.__cause__ = httpx.HTTPStatusError(
-            f"DashScope answered {response.status_code}", request=response.request, response=response
-        )
-        if response.status_code == 401 and reread:
-            self.keys.invalidate()  # a rotated secret: read it again, once
-            return failure, True
-        return failure, response.status_code in _RETRY_STATUSES and attempt < self._max_retries
-
     def _post(self, path: str, body: dict[str, Any], *, max_retries: int | None = None) -> bytes:
         """POST JSON and return the 200 body, retrying as the SDK does."""
         content = orjson.dumps(body)
-        reread = self.keys.source != "DASHSCOPE_API_KEY"
-        retries = self._max_retries if max_retries is None else max_retries
-        attempt = 0
+        retries = Retries(self.keys, self._max_retries if max_retries is None else max_retries)
         while True:
-            headers: Mapping[str, str] = {}
+            answer: httpx.Response | None = None
             try:
-                response = self.sync_client().post(path, content=content)
-            except httpx.TimeoutException as exc:
-                failure: RagError = ServiceUnavailableError("DashScope timed out after retries")
-                failure.__cause__ = exc
+                answer = self.sync_client().post(path, content=content)
             except httpx.TransportError as exc:
-                failure = ServiceUnavailableError("could not reach DashScope after retries")
-                failure.__cause__ = exc
+                failure = transport_failure(exc)
             else:
-                if response.status_code == 200:
-                    return response.content
-                failure, again = self._verdict(response, attempt, reread)
-                if response.status_code == 401 and again:
-                    reread = False
-                    continue
-                if not again:
-                    raise failure
-                headers = response.headers
-            if attempt >= retries:
-                raise failure
-            time.sleep(retry_delay(attempt, headers))
-            attempt += 1
+                if answer.status_code == 200:
+                    return answer.content
+                failure = status_failure(answer, self.settings.region, self.keys.source)
+            time.sleep(retries.delay(failure, answer))
 
     async def _send(
         self, path: str, body: dict[str, Any], *, stream: bool = False, max_retries: int | None = None
     ) -> httpx.Response:
         """POST JSON and return the 200 response (open, when ``stream``), retrying until then."""
         content = orjson.dumps(body)
-        reread = self.keys.source != "DASHSCOPE_API_KEY"
-        retries = self._max_retries if max_retries is None else max_retries
+        retries = Retries(self.keys, self._max_retries if max_retries is None else max_retries)
         accept = {"Accept": "text/event-stream"} if stream else {}
-        attempt = 0
         while True:
-            headers: Mapping[str, str] = {}
+            answer: httpx.Response | None = None
             client = self.async_client()
             try:
-                response = await client.send(
+                answer = await client.send(
                     client.build_request("POST", path, content=content, headers=accept), stream=stream
                 )
-            except httpx.TimeoutException as exc:
-                failure: RagError = ServiceUnavailableError("DashScope timed out after retries")
-                failure.__cause__ = exc
             except httpx.TransportError as exc:
-                failure = ServiceUnavailableError("could not reach DashScope after retries")
-                failure.__cause__ = exc
+                failure = transport_failure(exc)
             else:
-                if response.status_code == 200:
-                    return response
+                if answer.status_code == 200:
+                    return answer
                 if stream:
-                    await response.aread()
-                    await response.aclose()
-                failure, again = self._verdict(response, attempt, reread)
-                if response.status_code == 401 and again:
-                    reread = False
-                    continue
-                if not again:
-                    raise failure
-                headers = response.headers
-            if attempt >= retries:
-                raise failure
-            await asyncio.sleep(retry_delay(attempt, headers))
-            attempt += 1
+                    await answer.aread()
+                    await answer.aclose()
+                failure = status_failure(answer, self.settings.region, self.keys.source)
+            await asyncio.sleep(retries.delay(failure, answer))
 
     # embeddings: the body is parsed with orjson (the SDK's models for 25 x 1536 floats cost ~9 ms
     # a call, orjson ~1.5 ms; with 8 calls in flight that CPU, serialised by the GIL, was the

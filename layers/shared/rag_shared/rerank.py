@@ -15,22 +15,15 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import httpx
 import orjson
 
 from rag_shared.config import RerankModel, Settings
-from rag_shared.dashscope import (
-    _RETRY_STATUSES,
-    WORKSPACE_HEADER,
-    _error_fields,
-    _loads_or_none,
-    map_status,
-    retry_delay,
-)
-from rag_shared.errors import RagError, ServiceUnavailableError
+from rag_shared.dashscope import WORKSPACE_HEADER, Retries, _loads_or_none, status_failure, transport_failure
+from rag_shared.errors import ServiceUnavailableError
 from rag_shared.secrets import ApiKeyProvider
 from rag_shared.tokens import estimate_tokens, truncate_to_tokens
 from rag_shared.usage import Usage
@@ -130,39 +123,16 @@ class Reranker:
         if not documents:
             return RerankResult([], Usage())
         content = orjson.dumps(rerank_body(query, documents, self.model, top_n))
-        reread = self.keys.source != "DASHSCOPE_API_KEY"
-        attempt = 0
+        retries = Retries(self.keys, self.max_retries)
         while True:
             key = self.keys.get().get_secret_value()
-            failure: RagError
-            headers: Mapping[str, str] = {}
+            answer: httpx.Response | None = None
             try:
-                response = await self._http(key).post(self.url, content=content)
-            except httpx.TimeoutException:
-                failure = ServiceUnavailableError("DashScope rerank timed out after retries")
-            except httpx.TransportError:
-                failure = ServiceUnavailableError("could not reach DashScope rerank after retries")
+                answer = await self._http(key).post(self.url, content=content)
+            except httpx.TransportError as exc:
+                failure = transport_failure(exc, "DashScope rerank")
             else:
-                body = _loads_or_none(response.content)
-                if response.status_code == 200:
-                    return parse_rerank(body, self.model, len(documents))
-                code, message = _error_fields(body)
-                failure = map_status(
-                    response.status_code,
-                    code,
-                    message or response.text[:200],
-                    region=self.settings.region,
-                    key_source=self.keys.source,
-                    request_id=body.get("request_id") if isinstance(body, dict) else None,
-                )
-                if response.status_code == 401 and reread:
-                    reread = False  # a rotated secret: read it again, once
-                    self.keys.invalidate()
-                    continue
-                if response.status_code not in _RETRY_STATUSES:
-                    raise failure
-                headers = response.headers
-            if attempt >= self.max_retries:
-                raise failure
-            await asyncio.sleep(retry_delay(attempt, headers))
-            attempt += 1
+                if answer.status_code == 200:
+                    return parse_rerank(_loads_or_none(answer.content), self.model, len(documents))
+                failure = status_failure(answer, self.settings.region, self.keys.source)
+            await asyncio.sleep(retries.delay(failure, answer))
