@@ -15,7 +15,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-ORDER = ("indexed", "removed", "unchanged", "skipped", "failed")
+ORDER = ("indexed", "removed", "metadata", "unchanged", "skipped", "failed")
+LABELS = {"metadata": "sidecar(s)"}
 
 
 def describe(record: logging.LogRecord) -> tuple[str, str] | None:
@@ -39,6 +40,10 @@ def describe(record: logging.LogRecord) -> tuple[str, str] | None:
         return "removed", f"removed   {key}: {f.get('removed')} chunks"
     if action == "skipped":
         return "skipped", f"skipped   {key}: {f.get('reason')}"
+    if action == "metadata":  # a sidecar or user metadata applied to the indexed chunks, not re-embedded
+        return "metadata", f"metadata  {key}: applied to the indexed chunks"
+    if action == "deferred":  # a sidecar that arrived before its document: that document's indexing reads it
+        return "metadata", f"metadata  {key}: {f.get('reason')}"
     # stale, superseded, already gone, swept: a replayed or late event that changed nothing
     why = f" ({f['reason']})" if f.get("reason") else ""
     return "unchanged", f"{action:<9} {key}{why}"
@@ -46,7 +51,7 @@ def describe(record: logging.LogRecord) -> tuple[str, str] | None:
 
 def summary(counts: Counter[str]) -> str:
     """``2 indexed, 1 failed`` (failures always named, even at zero, when nothing was indexed)."""
-    parts = [f"{counts[k]} {k}" for k in ORDER if counts[k]]
+    parts = [f"{counts[k]} {LABELS.get(k, k)}" for k in ORDER if counts[k]]
     if counts["failed"] or not counts["indexed"]:
         parts = [f"{counts['failed']} failed", f"{counts['indexed']} indexed"] + [
             p for p in parts if not p.endswith((" failed", " indexed"))

@@ -194,7 +194,7 @@ def test_sidecar_events_duplicated_and_reordered_converge_on_the_current_sidecar
     v1 = put_sidecar(uploader, KEY, {"rev": 1})  # arrives before its document: nothing to update yet
     (early,) = parse_notification(v1)
     (ix,) = containers(1)
-    assert ix.handle(early).action == "stale"
+    assert ix.handle(early).action == "deferred"
     v2 = put_sidecar(uploader, KEY, {"rev": 2})
     doc = put(uploader, KEY, document(3))
     v3 = put_sidecar(uploader, KEY, {"rev": 3})
@@ -224,7 +224,7 @@ def test_a_sidecar_changed_while_its_document_is_written_ends_in_the_chunks(
 
     racing = Racing(a.s3, a.store, a.embedder, a.config)
     assert racing.handle(doc).action == "indexed"
-    assert fired == ["stale"], "the sidecar event must have run before the commit"
+    assert fired == ["deferred"], "the sidecar event must have run before the commit"
     assert chunk_metadata(vector_store, index_name, KEY) == [{"rev": 2}] * 4
     consistent(store_for(indexer_env), KEY)
 
@@ -315,7 +315,7 @@ def test_a_retry_after_a_failed_metadata_update_applies_the_sidecar(uploader, ve
     class Failing(Indexer):
         def _complete(self, key: str, token: str, expected: int) -> bool:
             (side,) = parse_notification(put_sidecar(uploader, KEY, {"rev": 2}))
-            assert b.handle(side).action == "stale"  # no commit yet
+            assert b.handle(side).action == "deferred"  # no commit yet
             return super()._complete(key, token, expected)
 
     update = a.store.update_metadata

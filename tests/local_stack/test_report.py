@@ -30,6 +30,22 @@ def test_each_outcome_reads_as_one_line() -> None:
     assert describe(_record("chat ready")) is None
 
 
+def test_a_sidecar_reads_as_metadata_not_as_an_unchanged_file() -> None:
+    early = _record(
+        "file deferred",
+        key="h.md.metadata.json",
+        action="deferred",
+        reason="applied when 'h.md' is indexed (its indexing reads the sidecar)",
+    )
+    assert describe(early) == (
+        "metadata",
+        "metadata  h.md.metadata.json: applied when 'h.md' is indexed (its indexing reads the sidecar)",
+    )
+    applied = _record("file metadata", key="h.md.metadata.json", action="metadata")
+    assert describe(applied) == ("metadata", "metadata  h.md.metadata.json: applied to the indexed chunks")
+    assert summary(Counter({"indexed": 3, "metadata": 1})) == "3 indexed, 1 sidecar(s)"
+
+
 def test_counts_name_failures_even_when_nothing_was_indexed() -> None:
     assert summary(Counter({"failed": 3})) == "3 failed, 0 indexed"
     assert summary(Counter({"indexed": 2, "skipped": 1})) == "2 indexed, 1 skipped"

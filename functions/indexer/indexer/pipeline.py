@@ -54,7 +54,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-Action = Literal["indexed", "removed", "skipped", "stale", "superseded", "gone", "swept", "continued", "metadata"]
+# "deferred": a sidecar whose document has no indexed version yet; that document's indexing reads it
+Action = Literal[
+    "indexed", "removed", "skipped", "stale", "superseded", "gone", "swept", "continued", "metadata", "deferred"
+]
 MAX_RESTARTS = 3
 # Rounds of "apply the sidecar, read it again" before giving up for an SQS retry (see _settle_metadata):
 # each round is a sidecar that changed again while the previous round was written.
@@ -478,7 +481,9 @@ class Indexer:
         if commit is None or commit.deleted or commit.version is None:
             self._record_sidecar(event)
             return Outcome(
-                key=event.key, action="stale", reason=f"no indexed version of {key!r}; its indexing reads the sidecar"
+                key=event.key,
+                action="deferred",
+                reason=f"applied when {key!r} is indexed (its indexing reads the sidecar)",
             )
         outcome = self._sync_metadata(event.bucket, key, commit.version, commit.version_id, commit.etag)
         self._record_sidecar(event)
