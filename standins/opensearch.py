@@ -20,6 +20,7 @@ import re
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Self
 
@@ -1176,29 +1177,43 @@ class OpenSearchStandIn(StandInServer):
         return {k: copy.deepcopy(v) for k, v in doc.items() if k not in excludes and (not includes or k in includes)}
 
     def _delete_by_query(self, idx: Index, req: Request) -> dict[str, Any]:
-        query = (req.json() or {}).get("query")
-        with self.lock:
-            targets = [(i, d) for i, d in idx.searchable.items() if matches(query, d, i, idx.mappings)]
-            deleted = conflicts = 0
-            for doc_id, seen in targets:
-                # Like OpenSearch: a document changed since the searched snapshot is a version conflict.
-                if idx.live.get(doc_id) is seen:
-                    del idx.live[doc_id]
-                    deleted += 1
-                elif doc_id in idx.live:
-                    conflicts += 1
-            if conflicts and req.query.get("conflicts") != "proceed":
-                raise Refused(409, "version_conflict_engine_exception", f"{conflicts} version conflicts")
-            if req.query.get("refresh") in ("true", ""):
-                idx.refresh()
+        def delete(doc_id: str, seen: dict[str, Any]) -> None:
+            del idx.live[doc_id]
+
+        total, deleted, conflicts = by_query(self, idx, req, delete)
         return {
             "took": 1,
             "timed_out": False,
-            "total": len(targets),
+            "total": total,
             "deleted": deleted,
             "version_conflicts": conflicts,
             "failures": [],
         }
+
+
+def by_query(
+    server: OpenSearchStandIn, idx: Index, req: Request, act: Callable[[str, dict[str, Any]], None]
+) -> tuple[int, int, int]:
+    """The walk ``_delete_by_query`` and ``_update_by_query`` share: (matched, acted on, conflicts).
+
+    Like OpenSearch, both match in the searchable snapshot, and a document changed since that
+    snapshot is a version conflict, which aborts with 409 unless ``conflicts=proceed``
+    (documentation-website api-reference/document-apis/delete-by-query.md, update-by-query.md)."""
+    query = (req.json() or {}).get("query")
+    with server.lock:
+        targets = [(i, d) for i, d in idx.searchable.items() if matches(query, d, i, idx.mappings)]
+        done = conflicts = 0
+        for doc_id, seen in targets:
+            if idx.live.get(doc_id) is seen:
+                act(doc_id, seen)
+                done += 1
+            elif doc_id in idx.live:
+                conflicts += 1
+        if conflicts and req.query.get("conflicts") != "proceed":
+            raise Refused(409, "version_conflict_engine_exception", f"{conflicts} version conflicts")
+        if req.query.get("refresh") in ("true", ""):
+            idx.refresh()
+    return len(targets), done, conflicts
 
 
 # Updates: a bulk ``update`` item and ``_update_by_query``, with a partial ``doc`` or a script.
@@ -1252,27 +1267,17 @@ def bulk_update(server: OpenSearchStandIn, idx: Index, doc_id: str, body: dict[s
 
 
 def update_by_query(server: OpenSearchStandIn, idx: Index, req: Request) -> dict[str, Any]:
-    """Like ``_delete_by_query``: matches in the searchable snapshot; a document changed since is a
-    version conflict (aborts unless ``conflicts=proceed``)."""
+    """Each match's source updated by the request's partial ``doc`` or script (see ``by_query``)."""
     body = req.json() or {}
-    query = body.get("query")
-    with server.lock:
-        targets = [(i, d) for i, d in idx.searchable.items() if matches(query, d, i)]
-        updated = conflicts = 0
-        for doc_id, seen in targets:
-            if idx.live.get(doc_id) is seen:
-                server._put(idx, doc_id, apply_update(seen, body))
-                updated += 1
-            elif doc_id in idx.live:
-                conflicts += 1
-        if conflicts and req.query.get("conflicts") != "proceed":
-            raise Refused(409, "version_conflict_engine_exception", f"{conflicts} version conflicts")
-        if req.query.get("refresh") in ("true", ""):
-            idx.refresh()
+
+    def update(doc_id: str, seen: dict[str, Any]) -> None:
+        server._put(idx, doc_id, apply_update(seen, body))
+
+    total, updated, conflicts = by_query(server, idx, req, update)
     return {
         "took": 1,
         "timed_out": False,
-        "total": len(targets),
+        "total": total,
         "updated": updated,
         "version_conflicts": conflicts,
         "noops": 0,
