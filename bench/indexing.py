@@ -32,7 +32,7 @@ from rag_shared.embeddings import Embedder, pacer_from_settings
 from rag_shared.secrets import ApiKeyProvider
 from rag_shared.store import VectorStore
 
-from bench import peers_langchain, peers_llamaindex
+from bench import peers_httpx, peers_langchain, peers_llamaindex
 from bench.harness import API_KEY, Services, environ, median, row, services
 from bench.peers import BATCH, chunks_of, plain_asyncio, plain_asyncio_files, seed_design
 from standins.corpus import document, paragraph
@@ -129,7 +129,8 @@ def _contenders(sc: Scenario, svc: Services, s3: Any, events: list[ObjectEvent])
     return found | _framework_peers(sc, svc, s3, events)
 
 
-FRAMEWORK_PEERS = (peers_llamaindex, peers_langchain)  # optional extra '.[bench]'; first scenario only
+# the first is plain code (always runs); the other two need the optional extra '.[bench]'. First scenario only.
+FRAMEWORK_PEERS = (peers_httpx, peers_llamaindex, peers_langchain)
 
 
 def skipped_peers() -> list[str]:

@@ -56,6 +56,14 @@ def plain_asyncio(
 ) -> int:
     texts = chunks_of(s3, bucket, key)
     vectors = asyncio.run(_plain(texts, base_url, api_key, model, concurrency))
+    return bulk_into(opensearch_url, index, dimensions, [(key, texts, vectors)])
+
+
+def bulk_into(
+    opensearch_url: str, index: str, dimensions: int, files: list[tuple[str, list[str], list[list[float]]]]
+) -> int:
+    """What a plain script does with its vectors: create the k-NN index unless it exists (another
+    thread of the same run may have), then ``helpers.bulk``; the documents written."""
     search = OpenSearch(hosts=[opensearch_url], timeout=60)
     if not search.indices.exists(index=index):
         body = {
@@ -74,6 +82,7 @@ def plain_asyncio(
             pass
     actions = (
         {"_index": index, "_id": f"{key}-{i}", "_source": {"text": t, "vector": v, "source_key": key}}
+        for key, texts, vectors in files
         for i, (t, v) in enumerate(zip(texts, vectors, strict=True))
     )
     ok, _ = helpers.bulk(search, actions, chunk_size=200, max_chunk_bytes=8 * 1024 * 1024)
@@ -150,16 +159,4 @@ def plain_asyncio_files(
 ) -> int:
     """The plain peer for many small files: all files embedded concurrently, then one bulk write."""
     files = asyncio.run(_plain_files(s3, bucket, keys, base_url, api_key, model, concurrency))
-    search = OpenSearch(hosts=[opensearch_url], timeout=60)
-    body = {
-        "settings": {"index": {"knn": True}},
-        "mappings": {"properties": {"vector": {"type": "knn_vector", "dimension": dimensions}}},
-    }
-    search.indices.create(index=index, body=body)
-    actions = (
-        {"_index": index, "_id": f"{key}-{i}", "_source": {"text": t, "vector": v, "source_key": key}}
-        for key, texts, vectors in files
-        for i, (t, v) in enumerate(zip(texts, vectors, strict=True))
-    )
-    ok, _ = helpers.bulk(search, actions, chunk_size=200, max_chunk_bytes=8 * 1024 * 1024)
-    return int(ok)
+    return bulk_into(opensearch_url, index, dimensions, files)
