@@ -98,6 +98,18 @@ def test_page_streams_an_answer_with_sources_and_usage(served: Served, browser: 
     assert any("— Acme Cloud Handbook > On-call rotation" in s for s in sources), sources
     usage = browser.find_element(By.CSS_SELECTOR, ".turn:last-child .usage").text
     assert "prompt" in usage and "est. $0.000" in usage and "first token" in usage, usage
+    # the answer cites [1]: the citations event tags that source, and only sources the answer cites
+    cited = [li.text for li in browser.find_elements(By.CSS_SELECTOR, ".turn:last-child .sources li.cited")]
+    assert cited and all(s.endswith("cited") for s in cited), cited
+    assert any("samples/handbook.md#0" in s for s in cited) and "[1]" in answer, (cited, answer)
+    assert len(cited) < len(sources)
+    summary = browser.find_element(By.CSS_SELECTOR, ".turn:last-child .sources summary").text
+    assert summary == f"Sources ({len(sources)}), {len(cited)} cited", summary
+    assert not browser.find_elements(By.CSS_SELECTOR, ".turn:last-child .query")  # a first question as asked
+    # a follow-up is searched as a standalone question (QUERY_REWRITE=history), and the page says so
+    _ask(browser, "And what about the on-call rotation?")
+    searched = browser.find_element(By.CSS_SELECTOR, ".turn:last-child .notice.query").text
+    assert searched.startswith("Searched for: ") and searched != "Searched for: And what about the on-call rotation?"
     assert not browser.find_elements(By.CSS_SELECTOR, ".error")
     browser.save_screenshot(str(tmp_path / "chat-page.png"))
     if os.environ.get("CHAT_PAGE_SCREENSHOT"):
