@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import pytest
 from rag_shared.pacing import Pacer, Permit, TokensPerChar, parse_retry_after, throttle_kind
 
-from standins.dashscope import Quota
+from standins.dashscope import Quota, Refusal
 
 
 class FakeClock:
@@ -266,3 +266,28 @@ def test_a_cut_moves_the_slots_reserved_before_it():
     gaps = [b.at - a.at for a, b in zip(moved, moved[1:], strict=False)]
     assert all(g == pytest.approx(1 / cut) for g in gaps)  # spaced at the new rate
     assert moved[-1].at > permits[-1].at
+
+
+class FixedWindowQuota:
+    """A per-second limit counted in whole clock seconds instead of a sliding second: the docs do
+    not say which window the service uses (help.aliyun.com/en/model-studio/rate-limit: "RPS, which
+    is RPM/60"), and the pacer must not depend on it. It admits at least what the sliding one does."""
+
+    def __init__(self, requests_per_second: int) -> None:
+        self.limit = requests_per_second
+        self.counts: dict[int, int] = {}
+
+    def admit(self, model: str, tokens: int, now: float) -> Refusal | None:
+        second = int(now)
+        if self.counts.get(second, 0) >= self.limit:
+            return Refusal("Throttling.RateQuota", "Requests rate limit exceeded", {})
+        self.counts[second] = self.counts.get(second, 0) + 1
+        return None
+
+
+def test_a_fixed_window_limit_is_met_as_well_as_a_sliding_one():
+    clock = FakeClock()
+    clients = [Client(Pacer(requests_per_minute=1800, share=3, clock=clock), start=0.13 * i) for i in range(3)]
+    simulate(clock, FixedWindowQuota(30), clients, seconds=60)  # type: ignore[arg-type]
+    assert sum(rate(c, 15, 60) for c in clients) >= 0.9 * 30
+    assert sum(c.refused for c in clients) <= 0.07 * sum(len(c.ok) for c in clients)
