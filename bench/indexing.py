@@ -15,11 +15,16 @@ import importlib
 import io
 import itertools
 import json
+import os
+import subprocess
+import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import boto3
@@ -441,10 +446,181 @@ def run_small_files(repeats: int = REPEATS) -> list[str]:
     return lines
 
 
+# --- instances as separate processes, as Lambda runs them -------------------------------------
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def template_max_concurrency() -> int:
+    """IndexerMaxConcurrency's default in template.yaml, checked to be what the deployed stack divides
+    the quota by: the indexer's DASHSCOPE_QUOTA_SHARE and its SQS event source's MaximumConcurrency
+    both name that parameter, so each instance starts at quota / MaximumConcurrency."""
+    from cfnlint.decode import decode  # type: ignore[import-untyped]
+
+    template, errors = decode(str(ROOT / "template.yaml"))
+    assert not errors, errors
+    fn = template["Resources"]["IndexerFunction"]["Properties"]
+    assert fn["Environment"]["Variables"]["DASHSCOPE_QUOTA_SHARE"] == {"Ref": "IndexerMaxConcurrency"}
+    scaling = fn["Events"]["Documents"]["Properties"]["ScalingConfig"]
+    assert scaling["MaximumConcurrency"] == {"Ref": "IndexerMaxConcurrency"}
+    return int(template["Parameters"]["IndexerMaxConcurrency"]["Default"])
+
+
+@dataclass(frozen=True)
+class Fleet:
+    """``instances`` busy indexer processes, one file each, deployed with ``max_concurrency`` (the
+    template's IndexerMaxConcurrency: the event source's cap and the pacer's share); None: the
+    template's default."""
+
+    name: str
+    rps: float
+    instances: int
+    chunks: int  # per instance
+    max_concurrency: int | None = None
+
+
+FLEETS = [
+    Fleet("1 indexer process, 30 requests/s", 30, 1, 1000),
+    Fleet("3 indexer processes sharing 30 requests/s", 30, 3, 800),
+    Fleet("3 indexer processes sharing 30 requests/s, MaximumConcurrency 3", 30, 3, 800, 3),
+]
+FLEET_CONTENDERS = {
+    "this project (paced)": "project",
+    "plain asyncio peer": "peer",
+    "seed design (sequential)": "seed",
+}
+
+
+def _fleet_env(fleet: Fleet, share: int) -> dict[str, str]:
+    """The indexer's environment as the template sets it, with the bench's quota and chunking."""
+    return {
+        "DASHSCOPE_RPM": str(int(fleet.rps * 60)),
+        "DASHSCOPE_QUOTA_SHARE": str(share),
+        "CHUNK_SIZE_TOKENS": "200",
+        "CHUNK_OVERLAP_TOKENS": "30",
+        "EMBEDDING_CONCURRENCY": str(CONCURRENCY),
+        "INDEXER_RECORD_CONCURRENCY": "50",
+        "EMBEDDING_PACK_LINGER_MS": "20",
+        "POWERTOOLS_LOG_LEVEL": "WARNING",
+    }
+
+
+def _fleet_run(svc: Services, contender: str, events: list[ObjectEvent], env: dict[str, str]) -> dict[str, Any]:
+    """Start one process per event, wait until all are built, reset the stand-in, say go to all at
+    once; timed from go to the last answer. The stand-in's counters are read as in :func:`_measure`."""
+    index = f"bench-{contender}-{next(_runs)}"
+    procs = []
+    logs = []
+    for e in events:
+        log = tempfile.TemporaryFile()  # noqa: SIM115 - closed below
+        args = [sys.executable, "-m", "bench.instance", contender, e.bucket, e.key, e.etag or "", index]
+        procs.append(
+            subprocess.Popen(
+                [*args, str(CONCURRENCY)],
+                cwd=ROOT,
+                env={**os.environ, **env},
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=log,
+                text=True,
+            )
+        )
+        logs.append(log)
+    try:
+        for p, log in zip(procs, logs, strict=True):
+            if p.stdout is None or p.stdout.readline().strip() != "ready":
+                log.seek(0)
+                raise RuntimeError(f"instance did not start: {log.read()[-400:]!r}")
+        svc.dashscope_reset()
+        t0 = time.perf_counter()
+        for p in procs:
+            assert p.stdin is not None
+            p.stdin.write("go\n")
+            p.stdin.flush()
+        answers = [json.loads(p.stdout.readline() or '{"chunks": 0, "error": "no answer"}') for p in procs if p.stdout]
+        seconds = time.perf_counter() - t0
+    finally:
+        for p, log in zip(procs, logs, strict=True):
+            with contextlib.suppress(Exception):
+                p.communicate(timeout=30)
+            log.close()
+    stats = svc.dashscope_stats()
+    calls = stats["calls"].get("embeddings", {})
+    ok = calls.get("200", 0)
+    span = stats.get("embeddings_span", 0.0)
+    chunks = sum(a["chunks"] for a in answers)
+    errors = [a["error"] for a in answers if a.get("error")]
+    return {
+        "chunks": chunks,
+        "rate": chunks / seconds,
+        "admitted": (ok - 1) / span if span else float("nan"),
+        "ok": ok,
+        "throttled": calls.get("429", 0),
+        "failed": errors[0] if errors else None,
+    }
+
+
+def run_fleet(fleet: Fleet, repeats: int = REPEATS) -> list[str]:
+    """The fleet's contenders, each instance a process, interleaved, medians of ``repeats``."""
+    share = fleet.max_concurrency or template_max_concurrency()
+    sc = Scenario(fleet.name, fleet.rps, None, fleet.instances, fleet.chunks)
+    with services(latency=LATENCY, rate_limit=fleet.rps) as svc, environ(svc.env()):
+        s3 = boto3.client("s3")
+        bucket = f"bench-{next(_runs)}"
+        s3.create_bucket(Bucket=bucket)
+        events = []
+        for n in range(fleet.instances):
+            key = f"big-{n}.txt"
+            etag = s3.put_object(Bucket=bucket, Key=key, Body=document(fleet.chunks).encode())["ETag"].strip('"')
+            events.append(ObjectEvent(action="upsert", bucket=bucket, key=key, etag=etag, sequencer="0A"))
+        texts = chunks_of(s3, bucket, events[0].key)
+        assert len(texts) == fleet.chunks, len(texts)
+        _warm_standin(svc, texts)
+        ceiling = _ceiling(sc, texts)
+        env = _fleet_env(fleet, share)
+        results: dict[str, list[dict[str, Any]]] = {name: [] for name in FLEET_CONTENDERS}
+        for _ in range(repeats):  # interleaved: load on the shared machine hits every contender alike
+            for name, contender in FLEET_CONTENDERS.items():
+                results[name].append(_fleet_run(svc, contender, events, env))
+    label = f"{fleet.name} (each paces to 1/{share} at first)"
+    return _report(label, fleet.chunks * fleet.instances, ceiling, results)
+
+
+def _report(label: str, expected: int, ceiling: float, results: dict[str, list[dict[str, Any]]]) -> list[str]:
+    calls_ceiling = ceiling / BATCH
+    ours = median([r["rate"] for r in results["this project (paced)"]])
+    lines = []
+    for name, rs in results.items():
+        rate = median([r["rate"] for r in rs])
+        admitted = median([r["admitted"] for r in rs]) / calls_ceiling
+        throttled = median([r["throttled"] for r in rs])
+        failures = [r["failed"] for r in rs if r["failed"] or r["chunks"] != expected]
+        ratio = "1.0×" if rate == ours else (f"{ours / rate:.1f}× slower" if rate else "failed")
+        target = " (target ≥ 90%)" if name.startswith("this") else ""
+        note = f"median {throttled:.0f} × 429 per run, {median([r['ok'] for r in rs]):.0f} calls"
+        if failures:
+            note += f"; {len(failures)}/{len(rs)} runs incomplete: {failures[0]}"
+        lines.append(
+            row(
+                f"Indexing, {label}: {name}",
+                f"{rate:.0f} chunks/s end to end = {rate / ceiling:.0%} of the {ceiling:.0f} ceiling; "
+                f"while embedding {admitted:.0%} of it{target}",
+                ratio,
+                note,
+            )
+        )
+    return lines
+
+
+def run_fleets(repeats: int = REPEATS) -> list[str]:
+    return [line for fleet in FLEETS for line in run_fleet(fleet, repeats)]
+
+
 def run() -> list[str]:
     lines: list[str] = run_small_files()
     for sc in SCENARIOS:
         lines += run_scenario(sc)
+    lines += run_fleets()
     lines += skipped_peers()
     lines.append(
         row(

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import pytest
 from rag_shared.pacing import Pacer, Permit, TokensPerChar, parse_retry_after, throttle_kind
 
-from standins.dashscope import Quota
+from standins.dashscope import Quota, Refusal
 
 
 class FakeClock:
@@ -28,8 +28,11 @@ class Client:
     workers: int = 8
     start: float = 0.0
     tokens: int = 100
+    calls: int | None = None  # a job of this many calls (None: endless)
+    stop: float = float("inf")  # no call reserved after this
     ok: list[float] = field(default_factory=list)  # when each admitted call was sent
     refused: int = 0
+    begun: int = 0
 
 
 def simulate(clock: FakeClock, quota: Quota, clients: list[Client], seconds: float, latency: float = 0.2) -> None:
@@ -38,7 +41,8 @@ def simulate(clock: FakeClock, quota: Quota, clients: list[Client], seconds: flo
     events: list[tuple[float, int, int, str]] = []
     seq = 0
     for ci, c in enumerate(clients):
-        for _ in range(c.workers):
+        for _ in range(c.workers if c.calls is None else min(c.workers, c.calls)):
+            c.begun += 1
             heapq.heappush(events, (c.start, seq, ci, "reserve"))
             seq += 1
     pending: dict[int, Permit] = {}
@@ -54,11 +58,19 @@ def simulate(clock: FakeClock, quota: Quota, clients: list[Client], seconds: flo
             heapq.heappush(events, (permit.at, n, ci, "send"))
             continue
         permit = pending.pop(n)
+        confirmed = c.pacer.confirm(permit)  # as the embedder does when its sleep ends
+        if confirmed.delay > 0:  # a 429 meanwhile: a new slot, later
+            pending[n] = confirmed
+            heapq.heappush(events, (confirmed.at, n, ci, "send"))
+            continue
+        permit = confirmed
         refused = quota.admit("m", c.tokens, now=t)
         if refused is None:
             c.ok.append(t)
             c.pacer.settle(permit, c.tokens)
-            heapq.heappush(events, (t + latency, n, ci, "reserve"))
+            if (c.calls is None or c.begun < c.calls) and t + latency < c.stop:
+                c.begun += 1
+                heapq.heappush(events, (t + latency, n, ci, "reserve"))
         else:
             c.refused += 1
             clock.t = t + 0.01  # a 429 comes back at once: the stand-in checks before its latency
@@ -85,8 +97,8 @@ def test_unknown_quota_is_learned_from_429s():
     c = Client(Pacer(clock=clock), workers=16)  # 16 in flight at 0.2 s could send 80/s: the ceiling binds
     simulate(clock, Quota(30, None), [c], seconds=60)
     assert c.refused >= 1  # it had to find the ceiling
-    learned = c.pacer.requests.rate
-    assert learned is not None and 0.7 * 30 <= learned <= 1.2 * 30  # AIMD's sawtooth around the ceiling
+    learned = c.pacer.requests.met  # the rate allowed when the last 429 came: the ceiling it found
+    assert 0.7 * 30 <= learned <= 1.2 * 30
     assert rate(c, 10, 60) >= 0.9 * 30
     assert c.refused <= 0.03 * len(c.ok)
 
@@ -105,8 +117,8 @@ def test_unknown_token_limit_is_learned_from_allocation_quota_429s():
     c = Client(Pacer(requests_per_minute=30 * 60, clock=clock), tokens=300)
     simulate(clock, Quota(30, 2000), [c], seconds=60)
     assert c.refused >= 1
-    learned = c.pacer.tokens.rate
-    assert learned is not None and 0.7 * 2000 <= learned <= 1.2 * 2000
+    learned = c.pacer.tokens.met
+    assert 0.7 * 2000 <= learned <= 1.2 * 2000
     assert rate(c, 10, 60) >= 0.9 * (2000 // 300)
 
 
@@ -142,7 +154,7 @@ def test_two_instances_sharing_one_quota_converge_to_fair_shares():
     ra, rb = rate(a, 40, 90), rate(b, 40, 90)
     assert ra + rb >= 0.9 * 30
     assert 0.2 <= ra / (ra + rb) <= 0.8  # AIMD evens shares out slowly; neither starves
-    assert a.refused + b.refused <= 0.03 * (len(a.ok) + len(b.ok))
+    assert a.refused + b.refused <= 0.05 * (len(a.ok) + len(b.ok))
 
 
 def test_three_instances_that_each_think_they_own_the_quota_still_converge():
@@ -187,3 +199,95 @@ def test_isolated_429s_never_shrink_a_learned_rate_to_a_crawl():
     client = Client(pacer)
     simulate(clock, quota, [client], seconds=150)
     assert pacer.requests.rate is not None and pacer.requests.rate >= 20  # back near the real ceiling
+
+
+def while_embedding(clients: list[Client], limit: float) -> float:
+    """The aggregate admitted rate from the first admitted call to the last, as a share of the
+    limit: the bench's "while embedding" figure."""
+    sent = sorted(t for c in clients for t in c.ok)
+    return (len(sent) - 1) / (sent[-1] - sent[0]) / limit
+
+
+@pytest.mark.parametrize(("instances", "share"), [(2, 2), (3, 3), (3, 5), (5, 5), (1, 5)])
+def test_instances_on_one_quota_converge_near_the_ceiling_with_few_429s(instances, share):
+    """Separate pacers (no shared state, as Lambda instances) on one 30 requests/s quota, each
+    configured with quota / share (share = MaximumConcurrency, possibly more than the busy ones)."""
+    clock = FakeClock()
+    clients = [
+        Client(Pacer(requests_per_minute=1800, share=share, clock=clock), start=0.13 * i) for i in range(instances)
+    ]
+    simulate(clock, Quota(30, None), clients, seconds=60)
+    rates = [rate(c, 15, 60) for c in clients]  # after a warm-up
+    assert sum(rates) >= 0.9 * 30
+    assert min(rates) >= 0.5 * sum(rates) / instances  # nobody starves
+    sent = sum(len(c.ok) for c in clients)
+    assert sum(c.refused for c in clients) <= 0.07 * sent  # each probe above the ceiling costs a few
+
+
+def test_three_short_jobs_sharing_the_quota_finish_together_near_the_ceiling():
+    """The bench's scenario: 3 indexers, 32 calls of 25 chunks each, share 3 (MaximumConcurrency 3),
+    8 calls in flight at 200 ms. Before (cut to 0.9 x the allowed rate x the share admitted, slots
+    reserved ahead kept, refused calls held a place): 76% of the ceiling and 14 429s here."""
+    clock = FakeClock()
+    clients = [Client(Pacer(requests_per_minute=1800, share=3, clock=clock), start=0.1 * i, calls=32) for i in range(3)]
+    simulate(clock, Quota(30, None), clients, seconds=60)
+    assert [len(c.ok) for c in clients] == [32, 32, 32]
+    assert while_embedding(clients, 30) >= 0.88
+    assert sum(c.refused for c in clients) <= 6
+
+
+def test_when_peers_finish_the_last_instance_probes_up_to_the_whole_quota():
+    """Three instances at their shares; two stop at 20 s. The survivor cannot see that: only the
+    absence of 429s tells it, and its probe grows faster the longer that lasts (convex)."""
+    clock = FakeClock()
+    clients = [Client(Pacer(requests_per_minute=1800, share=3, clock=clock), start=0.1 * i) for i in range(3)]
+    clients[1].stop = clients[2].stop = 20
+    simulate(clock, Quota(30, None), clients, seconds=40)
+    assert rate(clients[0], 10, 20) <= 0.5 * 30  # about its third before
+    assert rate(clients[0], 30, 40) >= 0.9 * 30  # the whole quota within 10 s after
+
+
+def test_a_cut_moves_the_slots_reserved_before_it():
+    """Slots reserved ahead at the old rate would all go out into the full window after a 429;
+    confirm() gives them new slots at the cut rate, and leaves an unchanged schedule alone."""
+    clock = FakeClock()
+    p = Pacer(requests_per_minute=600, clock=clock)  # 10/s: slots 0.1 s apart
+    permits = [p.reserve(10) for _ in range(5)]
+    assert [round(x.at, 2) for x in permits] == [0.0, 0.1, 0.2, 0.3, 0.4]
+    assert p.confirm(permits[0]).delay == 0  # nothing changed: send now
+    clock.t = 0.05
+    early = p.confirm(permits[1])
+    assert early.delay == pytest.approx(0.05)  # woken early: sleep the rest
+    p.on_throttle(permits[0], "requests")
+    cut = p.requests.rate
+    assert cut is not None and cut < 10
+    clock.t = 0.1
+    moved = [p.confirm(x) for x in permits[1:]]
+    gaps = [b.at - a.at for a, b in zip(moved, moved[1:], strict=False)]
+    assert all(g == pytest.approx(1 / cut) for g in gaps)  # spaced at the new rate
+    assert moved[-1].at > permits[-1].at
+
+
+class FixedWindowQuota:
+    """A per-second limit counted in whole clock seconds instead of a sliding second: the docs do
+    not say which window the service uses (help.aliyun.com/en/model-studio/rate-limit: "RPS, which
+    is RPM/60"), and the pacer must not depend on it. It admits at least what the sliding one does."""
+
+    def __init__(self, requests_per_second: int) -> None:
+        self.limit = requests_per_second
+        self.counts: dict[int, int] = {}
+
+    def admit(self, model: str, tokens: int, now: float) -> Refusal | None:
+        second = int(now)
+        if self.counts.get(second, 0) >= self.limit:
+            return Refusal("Throttling.RateQuota", "Requests rate limit exceeded", {})
+        self.counts[second] = self.counts.get(second, 0) + 1
+        return None
+
+
+def test_a_fixed_window_limit_is_met_as_well_as_a_sliding_one():
+    clock = FakeClock()
+    clients = [Client(Pacer(requests_per_minute=1800, share=3, clock=clock), start=0.13 * i) for i in range(3)]
+    simulate(clock, FixedWindowQuota(30), clients, seconds=60)  # type: ignore[arg-type]
+    assert sum(rate(c, 15, 60) for c in clients) >= 0.9 * 30
+    assert sum(c.refused for c in clients) <= 0.07 * sum(len(c.ok) for c in clients)

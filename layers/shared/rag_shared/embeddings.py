@@ -449,8 +449,9 @@ class Embedder:
         self._warm("sync_client")
         for attempt in range(1, self.max_attempts + 1):
             permit, chars = self._reserve(batch, pacer)
-            if permit.delay > 0:
+            while permit.delay > 0:  # a 429 while it slept may move its slot (Pacer.confirm)
                 time.sleep(permit.delay)
+                permit = pacer.confirm(permit)
             try:
                 result = self.backend.embed_batch(batch, self.model, self.dimensions)
             except RagError as exc:
@@ -464,8 +465,9 @@ class Embedder:
         self._warm("async_client")
         for attempt in range(1, self.max_attempts + 1):
             permit, chars = self._reserve(batch, pacer)
-            if permit.delay > 0:
+            while permit.delay > 0:
                 await asyncio.sleep(permit.delay)
+                permit = pacer.confirm(permit)
             try:
                 result = await self.backend.aembed_batch(batch, self.model, self.dimensions)
             except RagError as exc:

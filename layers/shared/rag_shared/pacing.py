@@ -25,7 +25,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 Kind = Literal["requests", "tokens", "both"]
@@ -37,7 +37,7 @@ WINDOW_SECONDS = 1.0  # DashScope enforces RPM/60 and TPM/60 per second (rate-li
 class _Sent:
     at: float
     tokens: float
-    outcome: int = 0  # 0 in flight, 1 admitted, 2 refused
+    outcome: int = 0  # 0 reserved or in flight, 1 admitted, 2 refused
     done: float = float("inf")  # when the answer came back
 
 
@@ -50,6 +50,30 @@ MIN_LEARNED_TOKENS = 1000.0
 LEARN_STEP_BASE = 10.0
 
 
+@dataclass(frozen=True)
+class Probe:
+    """How an allowed rate grows while calls wait for it (per second, as fractions of the rate).
+
+    ``fast`` below the fair share (quota / instances sharing it) and below the rate the last 429
+    came at: an instance cut deep, or refused for a peer's overshoot, gets back within seconds.
+    Above it: the additive step, plus ``convex`` x seconds of quiet x the rate, the quiet counted
+    from the start until the first 429 and, after one, from ``patience`` seconds past the hold.
+    Just after a cut it creeps towards the ceiling it met (few 429s); the longer nothing is refused,
+    the likelier peers have finished or are fewer than the share assumed, and the faster it probes
+    for their part (the shape of CUBIC's window, RFC 9438, without its arithmetic). After a cut
+    nothing grows for ``hold`` seconds: the window that refused must empty first.
+
+    The defaults were chosen on simulated fleets (tests/shared/test_pacing.py): 2 to 5 instances on
+    one per-second limit reach about 95% of it after a warm-up with 2-7% of calls refused (all
+    retried); a larger ``convex`` or a fast search before the first 429 helps an instance alone
+    with a share of 1/5 but makes 3 instances at their exact shares overshoot and finish apart."""
+
+    fast: float = 0.5
+    convex: float = 0.1
+    patience: float = 2 * WINDOW_SECONDS
+    hold: float = 2 * WINDOW_SECONDS
+
+
 @dataclass
 class Dimension:
     """One limited quantity (requests or tokens) per second: its quota and the rate allowed now."""
@@ -58,54 +82,75 @@ class Dimension:
     rate: float | None  # allowed now; None: not limited until a 429 teaches a rate
     increase_per_second: float  # additive increase while nothing is refused
     floor: float
+    fair: float = 0.0  # the configured quota / share: where an instance climbs back to fast
     # never learned below this, and never grown more slowly than ``increase`` times it per second: a
     # rate learned from a few isolated 429s (burst protection, a neighbour's spike) underestimates
     # the quota, and cut after cut it would otherwise shrink to a call a minute and stay there
     minimum: float = 0.0
     last_cut: float = float("-inf")
     last_grow: float = 0.0
-    slow_start: bool = True  # until the first 429: grow by half the rate per second, not a step
+    calm_from: float = 0.0  # growth runs from here: the start, or a cut plus the hold
+    met: float = float("inf")  # the rate a 429 last came at (CUBIC's W_max)
 
     @classmethod
     def make(cls, quota: float | None, share: float, now: float, increase: float, minimum: float) -> Dimension:
         start = quota / share if quota else None
         step = increase * start if start else 0.0
         floor = start * 0.05 if start else 0.0
-        return cls(quota, start, step, floor, minimum=0.0 if start else minimum, last_grow=now)
+        return cls(
+            quota,
+            start,
+            step,
+            floor,
+            fair=start or 0.0,
+            minimum=0.0 if start else minimum,
+            last_grow=now,
+            calm_from=now,
+        )
 
-    def grow(self, now: float, limited: bool) -> None:
-        """Increase for the time since the last change, capped at the whole quota; only while the
-        rate held calls back (a rate nobody uses proves nothing, as RFC 7661 says of TCP). Fast
-        (half the rate per second) until the first 429, additive after it: the share configured
-        may be wrong (more instances than DASHSCOPE_QUOTA_SHARE), so it is no floor to rush back to."""
-        if limited and self.rate is not None and self.increase_per_second:
-            step = 0.5 * self.rate if self.slow_start else self.increase_per_second
-            self.rate += step * max(0.0, now - self.last_grow)
+    def grow(self, now: float, limited: bool, probe: Probe) -> None:
+        """Increase for the time since the last change (see :class:`Probe`), capped at the whole
+        quota; only while the rate held calls back (a rate nobody uses proves nothing, as RFC 7661
+        says of TCP)."""
+        quiet = now - self.calm_from
+        if limited and self.rate is not None and self.increase_per_second and quiet > 0:
+            dt = min(max(0.0, now - self.last_grow), quiet)
+            back_to = min(self.fair, self.met)  # the fair share, unless a 429 came below it
+            if self.rate < back_to:
+                self.rate = min(back_to, self.rate + probe.fast * self.rate * dt)
+            else:
+                # before any 429, from the start; after one, ``patience`` after the hold
+                probing = quiet if self.met == float("inf") else max(0.0, quiet - probe.patience)
+                self.rate += (self.increase_per_second + probe.convex * probing * self.rate) * dt
             if self.quota is not None:
                 self.rate = min(self.rate, self.quota)
         self.last_grow = now
 
-    def cut(self, now: float, sent: float, admitted_share: float, beta: float, increase: float) -> bool:
+    def cut(self, now: float, sent: float, admitted: float, beta: float, increase: float, hold: float) -> bool:
         """Multiplicative decrease, at most once per window (the 429s of one overshoot arrive
-        together), to what the service actually admitted of what was sent in the last window: with
-        others on the same quota that is about this instance's share, so it lands there at once."""
+        together), to ``beta`` x what the service admitted of this instance's calls in the last
+        window. When the quota's window is full, the instances' admitted rates add up to the quota,
+        so each lands on its part of it at once, whatever it had grown to (a cut of the rate it was
+        allowed, x the share admitted, overshot, and the 429s went on until the next window's)."""
         if now - self.last_cut < WINDOW_SECONDS:
             return False
         base = max(sent, 1.0) if self.rate is None else self.rate  # unknown: what was sent teaches it
-        current = min(base, max(base * admitted_share, base * 0.5))  # at most halved per window
+        current = min(base, max(admitted, base * 0.5))  # at most halved per window
+        self.met = base  # the rate allowed when it came
         self.rate = max(self.floor, self.minimum, beta * current)
         if not self.increase_per_second:  # learned, not configured: grow by a fraction of it per second
             self.increase_per_second = increase * max(self.rate, LEARN_STEP_BASE * self.minimum)
             self.floor = max(0.05 * self.rate, self.minimum)
         self.last_cut = now
         self.last_grow = now
-        self.slow_start = False
+        self.calm_from = now + hold
         return True
 
 
 @dataclass
 class Permit:
-    """A reserved slot: sleep ``delay`` seconds, then send. ``settle`` with the tokens billed."""
+    """A reserved slot: sleep ``delay`` seconds, :meth:`Pacer.confirm` it, then send. ``settle``
+    with the tokens billed."""
 
     at: float
     delay: float
@@ -122,9 +167,10 @@ class Pacer:
         requests_per_minute: float | None = None,
         tokens_per_minute: float | None = None,
         share: float = 1.0,
-        beta: float = 0.9,
+        beta: float = 0.97,
         increase: float = 0.02,
         slack: float = 0.05,
+        probe: Probe | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if share < 1:
@@ -136,6 +182,7 @@ class Pacer:
         self.tokens = Dimension.make(tpm / 60 if tpm else None, share, now, increase, MIN_LEARNED_TOKENS)
         self.beta = beta
         self.increase = increase
+        self.probe = probe or Probe()
         # the window the log keeps is a little longer than the service's, so that arrival jitter
         # cannot put two calls we spaced a second apart into one of its windows
         self.window = WINDOW_SECONDS + slack
@@ -153,20 +200,35 @@ class Pacer:
         while self._log and self._log[0].at <= now - self.window - WINDOW_SECONDS:
             self._log.popleft()
 
+    def _allowance(self, dim: Dimension) -> float:
+        """What one of our windows (a little longer than the service's) may hold. At the whole
+        quota, the quota's per-second count: our calls alone can fill the service's window, and
+        the slack keeps arrival jitter from putting one too many into it. Below it, the rate times
+        our window, the rate spacing gives: flooring a share of the quota to a whole count per
+        window would lose up to a call per window, 10% at 10 calls/s, for nothing."""
+        rate = dim.rate or 0.0
+        if dim.quota is not None and rate >= dim.quota:
+            return rate * WINDOW_SECONDS
+        return rate * self.window
+
     def _fits_from(self, start: float, tokens: float) -> float:
         """Earliest time >= start at which the sliding windows hold one more call of ``tokens``."""
         req_rate, tok_rate = self.requests.rate, self.tokens.rate
         if req_rate is None and tok_rate is None:
             return start
-        log = list(self._log)  # in time order: every slot is at or after the one before
+        # in time order (every slot is at or after the one before); a refused call took nothing
+        # from the quota's window (it is not admitted), so it holds no place in ours either
+        log = [e for e in self._log if e.outcome < 2]
+        req_allowed = self._allowance(self.requests)
+        tok_allowed = self._allowance(self.tokens)
         at, first = start, 0
         while first < len(log) and at - log[first].at >= self.window:
             first += 1
         while first < len(log):
             n = len(log) - first
-            over_req = req_rate is not None and n + 1 > max(req_rate * WINDOW_SECONDS, 1.0)
+            over_req = req_rate is not None and n + 1 > max(req_allowed, 1.0)
             # a call bigger than a whole window's tokens goes alone, into an empty window
-            over_tok = tok_rate is not None and sum(e.tokens for e in log[first:]) + tokens > tok_rate * WINDOW_SECONDS
+            over_tok = tok_rate is not None and sum(e.tokens for e in log[first:]) + tokens > tok_allowed
             if not (over_req or over_tok):
                 break
             at = max(at, log[first].at + self.window)  # wait for the oldest call in the window to leave it
@@ -176,20 +238,49 @@ class Pacer:
     def reserve(self, tokens: float) -> Permit:
         """The earliest slot for a call of ``tokens`` (an estimate; settle the real count later)."""
         with self._lock:
+            return self._reserve(self.clock(), tokens)
+
+    def _reserve(self, now: float, tokens: float) -> Permit:
+        self._prune(now)
+        self.requests.grow(now, self._limited, self.probe)
+        self.tokens.grow(now, self._limited, self.probe)
+        entry = self._place(now, _Sent(now, tokens))
+        self._limited = entry.at > max(now, self.hold_until)
+        return Permit(entry.at, entry.at - now, tokens, entry)
+
+    def _place(self, now: float, entry: _Sent, not_before: float = float("-inf")) -> _Sent:
+        """Give ``entry`` the earliest slot after every slot already given, and log it."""
+        start = max(now, not_before, self.hold_until, self._next_request, self._next_tokens)
+        entry.at = self._fits_from(start, entry.tokens)
+        if self.requests.rate:
+            self._next_request = entry.at + 1.0 / self.requests.rate
+        if self.tokens.rate:
+            self._next_tokens = entry.at + entry.tokens / self.tokens.rate
+        self._log.append(entry)
+        return entry
+
+    def confirm(self, permit: Permit) -> Permit:
+        """Call when ``permit``'s delay has passed: send now if the delay of the permit returned is
+        0, else sleep it and confirm again. With calls in flight, slots are reserved up to a second
+        ahead at the rate of the moment; a 429 or a Retry-After meanwhile moves them (see
+        :meth:`_reschedule`), or they would go out at the old rate into a full window."""
+        with self._lock:
             now = self.clock()
-            self._prune(now)
-            self.requests.grow(now, self._limited)
-            self.tokens.grow(now, self._limited)
-            start = max(now, self.hold_until, self._next_request, self._next_tokens)
-            at = self._fits_from(start, tokens)
-            if self.requests.rate:
-                self._next_request = at + 1.0 / self.requests.rate
-            if self.tokens.rate:
-                self._next_tokens = at + tokens / self.tokens.rate
-            self._limited = at > max(now, self.hold_until)
-            entry = _Sent(at, tokens)
-            self._log.append(entry)
-            return Permit(at, at - now, tokens, entry)
+            at = permit._entry.at
+            return replace(permit, at=at, delay=max(0.0, at - now))
+
+    def _reschedule(self, now: float) -> None:
+        """A new schedule: the slots reserved for later are given again, in their order, at the
+        rate allowed now and after any hold, behind the calls already sent. A call refused just now
+        and retried goes behind them too, so one call does not take a whole 429 storm alone."""
+        waiting = [e for e in self._log if e.outcome == 0 and e.at > now]
+        self._log = deque(e for e in self._log if not (e.outcome == 0 and e.at > now))
+        sent = [e.at for e in self._log if e.outcome < 2]  # admitted or in flight
+        last = max(sent, default=float("-inf"))
+        self._next_request = last + 1.0 / self.requests.rate if self.requests.rate else float("-inf")
+        self._next_tokens = float("-inf")
+        for e in waiting:  # never earlier: its caller sleeps until the slot it was given
+            self._place(now, e, not_before=e.at)
 
     def settle(self, permit: Permit, tokens: float | None = None) -> None:
         """An admitted call; its estimate replaced by the tokens billed, so the window holds the truth."""
@@ -211,15 +302,21 @@ class Pacer:
             done = [e for e in self._log if now - self.window < e.done <= now]
             sent = done + [e for e in self._log if e.outcome == 0 and e.at <= now]  # and those in flight
             ok = [e for e in done if e.outcome == 1]
+            cut = False
             if kind in ("requests", "both"):
-                share = len(ok) / len(done) if done else 1.0
-                self.requests.cut(now, len(sent) / WINDOW_SECONDS, share, self.beta, self.increase)
+                admitted = len(ok) / WINDOW_SECONDS
+                cut |= self.requests.cut(
+                    now, len(sent) / WINDOW_SECONDS, admitted, self.beta, self.increase, self.probe.hold
+                )
             if kind in ("tokens", "both"):
-                total = sum(e.tokens for e in done)
-                share = sum(e.tokens for e in ok) / total if total else 1.0
-                self.tokens.cut(now, sum(e.tokens for e in sent) / WINDOW_SECONDS, share, self.beta, self.increase)
-            if retry_after is not None and retry_after > 0:
-                self.hold_until = max(self.hold_until, now + retry_after)
+                admitted = sum(e.tokens for e in ok) / WINDOW_SECONDS
+                spent = sum(e.tokens for e in sent) / WINDOW_SECONDS
+                cut |= self.tokens.cut(now, spent, admitted, self.beta, self.increase, self.probe.hold)
+            if retry_after is not None and retry_after > 0 and now + retry_after > self.hold_until:
+                self.hold_until = now + retry_after
+                cut = True
+            if cut:
+                self._reschedule(now)
 
     @property
     def rates(self) -> tuple[float | None, float | None]:
