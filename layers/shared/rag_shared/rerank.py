@@ -22,7 +22,14 @@ import httpx
 import orjson
 
 from rag_shared.config import RerankModel, Settings
-from rag_shared.dashscope import WORKSPACE_HEADER, Retries, _loads_or_none, status_failure, transport_failure
+from rag_shared.dashscope import (
+    POOL_LIMITS,
+    WORKSPACE_HEADER,
+    Retries,
+    _loads_or_none,
+    status_failure,
+    transport_failure,
+)
 from rag_shared.errors import ServiceUnavailableError
 from rag_shared.secrets import ApiKeyProvider
 from rag_shared.tokens import estimate_tokens, truncate_to_tokens
@@ -114,7 +121,9 @@ class Reranker:
                 headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
                 if self.settings.dashscope_workspace_id:
                     headers[WORKSPACE_HEADER] = self.settings.dashscope_workspace_id
-                client = httpx.AsyncClient(headers=headers, timeout=httpx.Timeout(self.timeout, connect=5.0))
+                client = httpx.AsyncClient(
+                    headers=headers, timeout=httpx.Timeout(self.timeout, connect=5.0), limits=POOL_LIMITS
+                )
                 cached = self._client = (key, loop, client)
             return cached[2]
 
