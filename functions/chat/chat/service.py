@@ -327,7 +327,8 @@ class ChatService:
         self.deps = deps
         model = deps.settings.reranker
         if deps.reranker is None and model is not None:
-            deps.reranker = Reranker(deps.settings, deps.client.keys, model)
+            # on the DashScope client's pools (see rag_shared.dashscope.POOL_SHARDS)
+            deps.reranker = Reranker(deps.settings, deps.client.keys, model, clients=deps.client.async_client)
 
     def model(self, name: str | None) -> GeneratorModel:
         catalog = load_catalog()
