@@ -327,7 +327,8 @@ class ChatService:
         self.deps = deps
         model = deps.settings.reranker
         if deps.reranker is None and model is not None:
-            deps.reranker = Reranker(deps.settings, deps.client.keys, model)
+            # on the DashScope client's pools (see rag_shared.dashscope.POOL_SHARDS)
+            deps.reranker = Reranker(deps.settings, deps.client.keys, model, clients=deps.client.async_client)
 
     def model(self, name: str | None) -> GeneratorModel:
         catalog = load_catalog()
@@ -570,12 +571,10 @@ class ChatService:
             yield Notice(message)
         first_token_ms = _ms(t0)
         event: StreamEvent | None = first
-        streamed_tokens = 0  # estimated, for the log line if the caller leaves before the usage chunk
-        answer: list[str] = []
+        answer: list[str] = []  # for the citations and, if the caller leaves early, a token estimate
         try:
             while event is not None:
                 if isinstance(event, TextDelta):
-                    streamed_tokens += estimate_tokens(event.text)
                     answer.append(event.text)
                     yield Delta(event.text)
                 elif isinstance(event, ReasoningDelta):
@@ -613,7 +612,8 @@ class ChatService:
                 extra={
                     "request_id": request_id,
                     "model": model.name,
-                    "estimated_completion_tokens": streamed_tokens,
+                    # estimated once here, not per piece: the usage chunk never arrives
+                    "estimated_completion_tokens": estimate_tokens("".join(answer)),
                     "seconds": round(time.monotonic() - t0, 3),
                 },
             )

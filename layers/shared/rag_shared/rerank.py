@@ -15,14 +15,21 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import httpx
 import orjson
 
 from rag_shared.config import RerankModel, Settings
-from rag_shared.dashscope import WORKSPACE_HEADER, Retries, _loads_or_none, status_failure, transport_failure
+from rag_shared.dashscope import (
+    POOL_LIMITS,
+    WORKSPACE_HEADER,
+    Retries,
+    _loads_or_none,
+    status_failure,
+    transport_failure,
+)
 from rag_shared.errors import ServiceUnavailableError
 from rag_shared.secrets import ApiKeyProvider
 from rag_shared.tokens import estimate_tokens, truncate_to_tokens
@@ -96,8 +103,12 @@ class Reranker:
         *,
         timeout: float | None = None,
         max_retries: int | None = None,
+        clients: Callable[[], httpx.AsyncClient] | None = None,
     ) -> None:
+        """``clients``: where to take a pooled client for each call (the chat passes its DashScope
+        client's, so reranks share its pools, same key and headers); else one of its own."""
         self.settings = settings
+        self._clients = clients
         self.keys = keys
         self.model = model
         self.timeout = timeout or settings.rerank_timeout_seconds
@@ -114,7 +125,9 @@ class Reranker:
                 headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
                 if self.settings.dashscope_workspace_id:
                     headers[WORKSPACE_HEADER] = self.settings.dashscope_workspace_id
-                client = httpx.AsyncClient(headers=headers, timeout=httpx.Timeout(self.timeout, connect=5.0))
+                client = httpx.AsyncClient(
+                    headers=headers, timeout=httpx.Timeout(self.timeout, connect=5.0), limits=POOL_LIMITS
+                )
                 cached = self._client = (key, loop, client)
             return cached[2]
 
@@ -128,7 +141,8 @@ class Reranker:
             key = self.keys.get().get_secret_value()
             answer: httpx.Response | None = None
             try:
-                answer = await self._http(key).post(self.url, content=content)
+                http = self._clients() if self._clients is not None else self._http(key)
+                answer = await http.post(self.url, content=content, timeout=httpx.Timeout(self.timeout, connect=5.0))
             except httpx.TransportError as exc:
                 failure = transport_failure(exc, "DashScope rerank")
             else:
