@@ -119,6 +119,9 @@ def test_functions_start_from_a_read_only_layer_without_compiling(built):
             probe(deployment, function, f"{code}\n{unused}")
         with pytest.raises(subprocess.CalledProcessError, match="exit status 1"):  # control: uvicorn's CLI
             probe(deployment, "ChatFunction", f"{UVICORN_CLI}\n{unused}")
+        # nor pydantic.v1, which FastAPI imports only to reject v1 models (chat/__main__.py)
+        no_v1 = "import sys\nassert sys.modules['pydantic.v1'] is None"
+        probe(deployment, "ChatFunction", f"{ENTRIES['ChatFunction']}\n{no_v1}")
         # control: the first use loads them (the same check fails after it)
         first_use = "import indexer.handler\nfrom rag_shared.store import VectorStore\nimport boto3\n"
         with pytest.raises(subprocess.CalledProcessError, match="exit status 1"):

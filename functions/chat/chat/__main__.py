@@ -19,6 +19,13 @@ if TYPE_CHECKING:
     from uvicorn.server import Server
 
 
+# FastAPI imports pydantic.v1 (~40 ms of a cold start, CPU, quiet machine) only to ask whether each
+# route's models are pydantic v1 models, which it rejects; it treats an ImportError as "no" (fastapi
+# _compat/shared.py). This app has none: in the server's process (not in tests, which import the app
+# elsewhere) a None in sys.modules makes that import fail at once.
+sys.modules.setdefault("pydantic.v1", None)  # type: ignore[arg-type]
+
+
 def uvicorn_without_cli() -> None:
     """Put uvicorn in ``sys.modules`` without executing its ``__init__`` (which imports click)."""
     if "uvicorn" in sys.modules:
