@@ -30,11 +30,14 @@ from bench.harness import ROOT, median, row
 
 HOST_ARCH = {"x86_64": "x86_64", "amd64": "x86_64", "aarch64": "arm64", "arm64": "arm64"}[platform.machine().lower()]
 # What each function imports before it can serve: the handler module; for chat, what run.sh starts
-# (`python -m uvicorn ... chat.app:app`) and the app it builds.
+# (`python -m chat`: uvicorn's Config and Server, without its command line) up to the server's
+# Config.load(), which imports the protocol modules and builds the app (chat.app:app).
 ENTRIES = {
     "IndexerFunction": "import indexer.handler",
-    "ChatFunction": "import uvicorn.main\nimport chat.app as a\na.create_app()",
+    "ChatFunction": "import chat.__main__ as m\nm.server(0).config.load()",
 }
+# The same for chat as `python -m uvicorn ... chat.app:app` started it before (its command line: click)
+UVICORN_CLI = "import uvicorn.main\nfrom uvicorn.config import Config\nConfig('chat.app:app', port=0).load()"
 # What each function loads and builds after its imports and before its first answer, without the
 # network: the indexer in build_indexer (first event), the chat in its app's start-up (lifespan:
 # build_deps, warm_up), which the Web Adapter waits for. Imported on first use, not at start, so they
@@ -245,6 +248,16 @@ def run(repeats: int = 5) -> list[str]:
                     "on every cold start",
                 )
             )
+        cli = [probe(shipped, "ChatFunction", UVICORN_CLI) for _ in range(repeats)]
+        rows.append(
+            row(
+                "Cold import, chat, started by `python -m uvicorn` instead (its command line, click)",
+                f"{median([p.seconds for p in cli]) * 1000:.0f} ms",
+                "",
+                f"CPU {median([p.cpu for p in cli]) * 1000:.0f} ms; what run.sh started before `python -m chat`; "
+                f"median of {repeats}",
+            )
+        )
         for function, code in ENTRIES.items():
             full = [probe(shipped, function, f"{code}\n{FIRST_USE[function]}") for _ in range(repeats)]
             seconds, cpu = median([p.seconds for p in full]), median([p.cpu for p in full])

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.coldstart import ENTRIES, HOST_ARCH, artifacts, build, deployed, probe, strip_bytecode
+from bench.coldstart import ENTRIES, HOST_ARCH, UVICORN_CLI, artifacts, build, deployed, probe, strip_bytecode
 
 # ELF e_machine values (System V ABI, elf.h): EM_X86_64 = 62, EM_AARCH64 = 183
 E_MACHINE = {"x86_64": 62, "arm64": 183}
@@ -110,6 +110,18 @@ def test_functions_start_from_a_read_only_layer_without_compiling(built):
         lazy = "import sys\nheavy = {'opensearchpy', 'boto3'} & set(sys.modules)\nassert not heavy, heavy"
         for function, code in ENTRIES.items():
             probe(deployment, function, f"{code}\n{lazy}")  # fails (CalledProcessError) if either loaded
+        # nor uvicorn's command line (click) or pydantic-settings: run.sh's `python -m chat` builds the
+        # server without it, the settings read the environment themselves, httpx's CLI is not tried
+        unused = (
+            "import sys\nextra = {'click', 'pydantic_settings', 'uvicorn.main'} & set(sys.modules)\nassert not extra"
+        )
+        for function, code in ENTRIES.items():
+            probe(deployment, function, f"{code}\n{unused}")
+        with pytest.raises(subprocess.CalledProcessError, match="exit status 1"):  # control: uvicorn's CLI
+            probe(deployment, "ChatFunction", f"{UVICORN_CLI}\n{unused}")
+        # nor pydantic.v1, which FastAPI imports only to reject v1 models (chat/__main__.py)
+        no_v1 = "import sys\nassert sys.modules['pydantic.v1'] is None"
+        probe(deployment, "ChatFunction", f"{ENTRIES['ChatFunction']}\n{no_v1}")
         # control: the first use loads them (the same check fails after it)
         first_use = "import indexer.handler\nfrom rag_shared.store import VectorStore\nimport boto3\n"
         with pytest.raises(subprocess.CalledProcessError, match="exit status 1"):

@@ -93,3 +93,74 @@ def test_the_chat_failure_alarm_watches_the_metric_the_app_emits():
     assert alarm["Namespace"] == env["POWERTOOLS_METRICS_NAMESPACE"]
     assert alarm["MetricName"] == "ChatFailed"  # the name chat.service emits
     assert alarm["Dimensions"] == [{"Name": "service", "Value": chat_env["POWERTOOLS_SERVICE_NAME"]}]
+
+
+# Lambda Web Adapter v1.1.0 (the first with SnapStart hooks) is layer version 30 on both architectures
+# (aws/aws-lambda-web-adapter examples/fastapi-snapstart-zip/README.md; PR #871).
+ADAPTER_LAYER = re.compile(r"arn:aws:lambda:eu-west-1:753240598075:layer:LambdaAdapterLayer(X86|Arm64):(\d+)$")
+
+
+def _translated(snapstart: str) -> dict[str, Any]:
+    """The template as SAM's transform expands it (what CloudFormation deploys)."""
+    from samtranslator.translator.transform import transform  # type: ignore[import-untyped]
+
+    class NoManagedPolicies:
+        def load(self) -> dict[str, str]:
+            return {}
+
+    template = load("template.yaml")
+    for res in template["Resources"].values():  # where `sam package` would put S3 locations
+        props = res.get("Properties", {})
+        if res["Type"] == "AWS::Serverless::Application":
+            props["Location"] = "https://s3.amazonaws.com/bucket/nested.yaml"
+        for field in ("CodeUri", "ContentUri"):
+            if field in props:
+                props[field] = "s3://bucket/code.zip"
+    return transform(template, {"ChatSnapStart": snapstart}, NoManagedPolicies())  # type: ignore[no-any-return]
+
+
+@pytest.mark.parametrize("on", [True, False])
+def test_chat_snapstart_is_opt_in_and_wires_the_adapter_hooks(on, monkeypatch):
+    main = load("template.yaml")
+    assert main["Parameters"]["ChatSnapStart"]["Default"] == "false"
+    assert main["Conditions"]["ChatSnapStartOn"] == {"Fn::Equals": [{"Ref": "ChatSnapStart"}, "true"]}
+    fn = main["Resources"]["ChatFunction"]["Properties"]
+    conditions = {"ChatSnapStartOn": on, "IsArm": True}
+    assert evaluate(fn["SnapStart"], {}, conditions) == {"ApplyOn": "PublishedVersions" if on else "None"}
+    variables = fn["Environment"]["Variables"]
+    hooks = {k: evaluate(v, {}, conditions) for k, v in variables.items() if k.startswith("AWS_LWA_SNAPSTART_")}
+    hooks = {k: v for k, v in hooks.items() if v is not NO_VALUE}
+    expected = {"AWS_LWA_SNAPSTART_BEFORE_CHECKPOINT_PATH", "AWS_LWA_SNAPSTART_AFTER_RESTORE_PATH"}
+    assert set(hooks) == (expected if on else set())
+    # the paths the app serves them on are the ones the adapter calls (chat.snapstart reads the same variables)
+    from chat.snapstart import AFTER_ENV, BEFORE_ENV, HookPaths
+
+    for name, value in hooks.items():
+        monkeypatch.setenv(name, value)
+    paths = HookPaths.from_env()
+    assert {BEFORE_ENV, AFTER_ENV} == expected
+    assert (paths.before, paths.after) == ((hooks[BEFORE_ENV], hooks[AFTER_ENV]) if on else (None, None))
+    assert not any(p in ("/", "/health") for p in hooks.values())
+    # the adapter layer is v1.1.0 or later on both architectures
+    layers = [evaluate(fn["Layers"][0], {"AWS::Region": "eu-west-1"}, {"IsArm": arm}) for arm in (True, False)]
+    found = [ADAPTER_LAYER.match(layer) for layer in layers]
+    assert all(found), layers
+    assert {m.group(1) for m in found if m} == {"Arm64", "X86"}
+    assert all(int(m.group(2)) >= 30 for m in found if m)
+
+
+@pytest.mark.parametrize("snapstart", ["true", "false"])
+def test_the_function_url_is_on_the_published_alias(snapstart, monkeypatch):
+    """SnapStart applies to published versions only: SAM publishes one per deployment and points the
+    alias and the function URL at it, whether SnapStart is on or not (so switching keeps the URL)."""
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    resources = _translated(snapstart)["Resources"]
+    url = resources["ChatFunctionUrl"]["Properties"]
+    assert url["TargetFunctionArn"] == {"Ref": "ChatFunctionAliaslive"}
+    assert url["InvokeMode"] == "RESPONSE_STREAM"
+    alias = resources["ChatFunctionAliaslive"]["Properties"]
+    version = alias["FunctionVersion"]["Fn::GetAtt"][0]
+    assert resources[version]["Type"] == "AWS::Lambda::Version"
+    assert resources["ChatFunction"]["Properties"]["SnapStart"] == {
+        "ApplyOn": {"Fn::If": ["ChatSnapStartOn", "PublishedVersions", "None"]}
+    }

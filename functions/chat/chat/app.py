@@ -36,7 +36,7 @@ from rag_shared.errors import ConfigError, RagError
 from rag_shared.secrets import ApiKeyProvider
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from chat import page
+from chat import page, snapstart
 from chat.commits import SharedCommitReads
 from chat.guard import Guard, on_lambda, token_source
 from chat.models import ChatRequest, OpenAIChatRequest, RetrieveRequest, StreamRequest, UnsupportedParameter
@@ -327,7 +327,8 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         built = deps if isinstance(deps, ChatDeps) else (deps or (lambda: build_deps(chat_settings)))()
         state["service"] = ChatService(built)
-        await asyncio.to_thread(warm_up, built)
+        if not snapstart.snapshot_init():  # under SnapStart the after-restore hook reads the key
+            await asyncio.to_thread(warm_up, built)
         # What start-up built (FastAPI's and pydantic's models, boto3's service models) lives as long
         # as the process: frozen out of the collector, full collections stop walking it under load.
         gc.collect()
@@ -530,6 +531,17 @@ def create_app(
         loopback_only=loopback_only,
     )
     page.mount(app)  # the browser page (CHAT_PAGE=true), in front of the Guard: the page is where the token goes in
+    hooks = snapstart.HookPaths.from_env()
+    if hooks.before or hooks.after:  # the adapter's SnapStart calls carry no token: in front of the Guard
+        token_secret = getattr(token, "__self__", None)  # the CachedSecret behind a Secrets Manager token
+
+        async def before() -> None:
+            await snapstart.checkpoint(service().deps, [token_secret] if token_secret else [])
+
+        async def after() -> None:
+            await snapstart.restore(service().deps, warm_up)
+
+        app.add_middleware(snapstart.SnapStartHooks, paths=hooks, before=before, after=after)
     return app
 
 

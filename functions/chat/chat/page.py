@@ -13,17 +13,18 @@ import hashlib
 import re
 from functools import cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from fastapi import FastAPI
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from rag_shared.config import EnvSettings
 from starlette.types import ASGIApp, Receive, Scope, Send
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
 
 PAGE = Path(__file__).with_name("static") / "index.html"
 
 
-class PageSettings(BaseSettings):
-    model_config = SettingsConfigDict(extra="ignore", frozen=True)
-
+class PageSettings(EnvSettings):
     chat_page: bool = False  # CHAT_PAGE
 
 

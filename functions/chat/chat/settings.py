@@ -5,14 +5,12 @@ from __future__ import annotations
 from typing import Literal
 
 from pydantic import Field, SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from rag_shared.config import EnvSettings
 
 from chat.rag import DEFAULT_SYSTEM_PROMPT
 
 
-class ChatSettings(BaseSettings):
-    model_config = SettingsConfigDict(extra="ignore", frozen=True)
-
+class ChatSettings(EnvSettings):
     chat_auth_mode: Literal["iam", "token", "none"] = "iam"
     chat_api_token: SecretStr | None = None
     chat_token_secret_arn: str | None = None

@@ -8,13 +8,22 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
 from enum import StrEnum
 from functools import cache
 from importlib import resources
 from typing import Any, Literal, Self
 
-from pydantic import AliasChoices, BaseModel, Field, PositiveInt, SecretStr, ValidationError, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PositiveInt,
+    SecretStr,
+    ValidationError,
+    model_validator,
+)
 
 from rag_shared.errors import ConfigError
 
@@ -360,10 +369,42 @@ class OpenSearchAuth(StrEnum):
     SIGV4 = "sigv4"  # IAM: AWSV4SignerAuth with OPENSEARCH_SERVICE (es or aoss)
 
 
-class Settings(BaseSettings):
-    """Every knob of the service. Field ``foo_bar`` is read from env var ``FOO_BAR``."""
+def _from_environment(model: type[BaseModel], given: Mapping[str, Any]) -> dict[str, str]:
+    """The environment variables naming ``model``'s fields (any case), keyed as pydantic validates
+    them: by field name, or by the first of a field's ``AliasChoices`` that is set. Fields in
+    ``given`` are left out (keyword arguments win)."""
+    env = {k.lower(): v for k, v in os.environ.items()}
+    found: dict[str, str] = {}
+    for name, field in model.model_fields.items():
+        alias = field.validation_alias
+        choices = alias.choices if isinstance(alias, AliasChoices) else [alias] if isinstance(alias, str) else [name]
+        names = [c for c in choices if isinstance(c, str)]
+        if name in given or any(n in given for n in names):
+            continue
+        for n in names:
+            if n.lower() in env:
+                found[n] = env[n.lower()]
+                break
+    return found
 
-    model_config = SettingsConfigDict(extra="ignore", frozen=True)
+
+class EnvSettings(BaseModel):
+    """Settings whose fields are read from the environment: ``foo_bar`` from ``FOO_BAR`` (any case), a
+    field with ``AliasChoices`` from the first of them that is set; keyword arguments win.
+
+    What pydantic-settings' ``BaseSettings`` did for these classes, without importing it: its sources
+    (dotenv, the command-line parser...) cost ~30 ms of every cold start of both functions (CPU, quiet
+    machine; bench/coldstart.py), for settings that are plain strings (no JSON-decoded fields, no .env).
+    Values are validated as pydantic validates strings (lax mode: "8" is 8, "true" is True)."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    def __init__(self, **values: Any) -> None:
+        super().__init__(**{**_from_environment(type(self), values), **values})
+
+
+class Settings(EnvSettings):
+    """Every knob of the service. Field ``foo_bar`` is read from env var ``FOO_BAR``."""
 
     # DashScope
     dashscope_region: str = "ap-southeast-1"

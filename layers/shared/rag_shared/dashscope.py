@@ -425,6 +425,17 @@ class DashScopeClient:
                 )
             return client
 
+    async def aclose(self) -> None:
+        """Close the pooled connections; the next call opens new ones (with the key read then).
+        For SnapStart's before-checkpoint hook: a connection kept in a snapshot is dead once restored."""
+        with self._lock:
+            sync, self._sync = self._sync, None
+            cached, self._async = self._async, None
+        if sync is not None:
+            sync[1].close()
+        if cached is not None:
+            await cached[2].aclose()
+
     def _post(self, path: str, body: dict[str, Any], *, max_retries: int | None = None) -> bytes:
         """POST JSON and return the 200 body, retrying as the SDK does."""
         content = orjson.dumps(body)

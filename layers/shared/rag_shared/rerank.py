@@ -131,6 +131,13 @@ class Reranker:
                 cached = self._client = (key, loop, client)
             return cached[2]
 
+    async def aclose(self) -> None:
+        """Close the pooled connections (SnapStart's before-checkpoint hook); the next call opens new ones."""
+        with self._lock:
+            cached, self._client = self._client, None
+        if cached is not None:
+            await cached[2].aclose()
+
     async def rerank(self, query: str, documents: Sequence[str], top_n: int) -> RerankResult:
         """Rerank ``documents`` (already cut by :func:`fit_documents`) for ``query``."""
         if not documents:

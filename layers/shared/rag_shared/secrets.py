@@ -118,6 +118,15 @@ class CachedSecret:
         with self._lock:
             self._force = True
 
+    def forget(self) -> None:
+        """Drop the cached value (and a remembered failure): the next :meth:`get` reads Secrets Manager.
+        For SnapStart's before-checkpoint hook: a snapshot may be restored after the secret was rotated."""
+        with self._lock:
+            if self._provider is not None:
+                self._provider.clear_cache()  # type: ignore[no-untyped-call]
+            self._failed = None
+            self._force = True
+
 
 class ApiKeyProvider:
     """Resolves the key; thread-safe, since the indexer embeds from several threads."""
@@ -175,3 +184,8 @@ class ApiKeyProvider:
         """The key was rejected: the next :meth:`get` reads Secrets Manager again."""
         if self._secret is not None:
             self._secret.invalidate()
+
+    def forget(self) -> None:
+        """Drop the cached key (see :meth:`CachedSecret.forget`); a key from the environment stays."""
+        if self._secret is not None:
+            self._secret.forget()
