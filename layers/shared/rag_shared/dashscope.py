@@ -434,7 +434,9 @@ class DashScopeClient:
         if sync is not None:
             sync[1].close()
         if cached is not None:
-            await cached[2].aclose()
+            for shard in cached[2]:
+                if shard is not None:
+                    await shard.aclose()
 
     def _post(self, path: str, body: dict[str, Any], *, max_retries: int | None = None) -> bytes:
         """POST JSON and return the 200 body, retrying as the SDK does."""
