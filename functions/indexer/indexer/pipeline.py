@@ -100,6 +100,32 @@ def new_token() -> str:
     return uuid.uuid4().hex[:20]
 
 
+# Chunks whose versions one request lists after a write (at most: a search's size; under the index's
+# default max_result_window of 10,000, OpenSearch docs "Paginate results"); bigger files count instead.
+VERSIONS_LISTED = 1000
+
+
+@dataclass(frozen=True)
+class Written:
+    """What the index holds of a key after a write: ``complete`` (every chunk of the attempt's
+    version is there) and ``others`` (chunks of other versions are there too)."""
+
+    complete: bool
+    others: bool
+
+
+def assess(versions: list[str], token: str, expected: int) -> Written | None:
+    """From the versions of the key's chunks found when asking for ``expected + 1`` of them: fewer
+    found means every chunk was seen; only ``token`` found means no other version is there (ours
+    cannot exceed ``expected``: chunk ids are unique per number). None: others filled the page, so
+    how many are ours is unknown (count them)."""
+    ours = versions.count(token)
+    others = ours < len(versions)
+    if len(versions) <= expected or not others:
+        return Written(complete=ours == expected, others=others)
+    return None
+
+
 def _windows(chunks: Iterator[Chunk], size: int) -> Iterator[list[Chunk]]:
     while batch := list(islice(chunks, size)):
         yield batch
@@ -178,10 +204,12 @@ class Indexer:
         self.store.delete_chunks(applied.key, upto_seq=applied.sequencer, except_version=applied.version)
         return Outcome(key=applied.key, action="stale", reason=f"already applied event {applied.sequencer}")
 
-    def _commit(self, record: Commit) -> bool:
-        """Commit ``record``; then clean up what it supersedes, or, having lost, our own chunks."""
+    def _commit(self, record: Commit, *, cleanup: bool = True) -> bool:
+        """Commit ``record``; then clean up what it supersedes (``cleanup=False``: the index was seen
+        to hold no other chunk of the key), or, having lost, our own chunks."""
         if self.commits.commit(record):
-            self.store.delete_chunks(record.key, upto_seq=record.sequencer, except_version=record.version)
+            if cleanup:
+                self.store.delete_chunks(record.key, upto_seq=record.sequencer, except_version=record.version)
             return True
         if record.version is not None:
             self.store.delete_chunks(record.key, version=record.version)
@@ -251,7 +279,8 @@ class Indexer:
         out_of_time = self._write(
             key, seq, token, event, islice(chunks, event.cursor, None), total, deadline, meta.values
         )
-        if self.store.resets != resets or not self._complete(key, token, event.cursor + total.chunks):
+        written = self._written(key, token, event.cursor + total.chunks)
+        if self.store.resets != resets or not written.complete:
             if applied := self._applied(key, seq):  # another delivery committed and cleaned up ours
                 self.store.delete_chunks(key, version=token)
                 return total.model_copy(update={"action": "superseded", "reason": f"applied {applied.sequencer}"})
@@ -260,7 +289,7 @@ class Indexer:
             return self._continue(event, token, event.cursor + total.chunks, total)
         total.chunks += event.cursor
         record = Commit(key, seq, token, total.chunks, etag=etag, version_id=version_id)
-        if not self._commit(record):
+        if not self._commit(record, cleanup=written.others):
             return total.model_copy(update={"action": "superseded", "reason": "this event was applied meanwhile"})
         # a file written over several invocations may hold several reads of the sidecar: rewrite it
         written = meta.values if event.cursor == 0 else None
@@ -317,13 +346,24 @@ class Indexer:
                 writing.result()
         return out_of_time
 
-    def _complete(self, key: str, token: str, expected: int) -> bool:
-        """Are all ``expected`` chunks of ``token`` in the index? Checked where a count is exact at
-        once (a domain, after refresh); on Serverless writes become countable only later."""
+    def _written(self, key: str, token: str, expected: int) -> Written:
+        """Are all ``expected`` chunks of ``token`` in the index, and does it hold other chunks of the
+        key (then the cleanup after the commit has work)? Checked where a count is exact at once (a
+        domain, after refresh); on Serverless writes become countable only later: always clean up.
+
+        One request lists the versions of up to ``expected + 1`` chunks of the key (a brand-new key
+        then needs neither a count nor a cleanup); a count follows only when other versions fill it.
+        A chunk another attempt writes after this look is that attempt's to remove: losing the
+        commit it deletes its own, and any retry of it meets this commit and cleans up (``_stale``)."""
         if self.store.needs_sweep:
-            return True
+            return Written(complete=True, others=True)
         self.store.refresh()
-        return self.store.count(key, version=token) == expected
+        if expected + 1 > VERSIONS_LISTED:
+            return Written(self.store.count(key, version=token) == expected, others=True)
+        found = assess(self.store.chunk_versions(key, expected + 1), token, expected)
+        if found is None:
+            return Written(self.store.count(key, version=token) == expected, others=True)
+        return found
 
     def _continue(self, event: ObjectEvent, token: str, cursor: int, total: Outcome) -> Outcome:
         """Out of time: hand the rest to a continuation message (it does not count as a receive of
@@ -574,6 +614,8 @@ __all__ = [
     "Outcome",
     "StoreError",
     "Unreadable",
+    "Written",
+    "assess",
     "chunk_id",
     "new_token",
 ]
