@@ -279,8 +279,8 @@ class Indexer:
         out_of_time = self._write(
             key, seq, token, event, islice(chunks, event.cursor, None), total, deadline, meta.values
         )
-        written = self._written(key, token, event.cursor + total.chunks)
-        if self.store.resets != resets or not written.complete:
+        present = self._written(key, token, event.cursor + total.chunks)
+        if self.store.resets != resets or not present.complete:
             if applied := self._applied(key, seq):  # another delivery committed and cleaned up ours
                 self.store.delete_chunks(key, version=token)
                 return total.model_copy(update={"action": "superseded", "reason": f"applied {applied.sequencer}"})
@@ -289,7 +289,7 @@ class Indexer:
             return self._continue(event, token, event.cursor + total.chunks, total)
         total.chunks += event.cursor
         record = Commit(key, seq, token, total.chunks, etag=etag, version_id=version_id)
-        if not self._commit(record, cleanup=written.others):
+        if not self._commit(record, cleanup=present.others):
             return total.model_copy(update={"action": "superseded", "reason": "this event was applied meanwhile"})
         # a file written over several invocations may hold several reads of the sidecar: rewrite it
         written = meta.values if event.cursor == 0 else None
