@@ -22,6 +22,7 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from enum import Enum
 from itertools import islice
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -100,6 +101,14 @@ def new_token() -> str:
     return uuid.uuid4().hex[:20]
 
 
+class Unknown(Enum):
+    """A commit not read yet (``None`` means read, and absent)."""
+
+    UNKNOWN = "unknown"
+
+
+UNKNOWN = Unknown.UNKNOWN
+
 # Chunks whose versions one request lists after a write (at most: a search's size; under the index's
 # default max_result_window of 10,000, OpenSearch docs "Paginate results"); bigger files count instead.
 VERSIONS_LISTED = 1000
@@ -160,9 +169,14 @@ class Indexer:
         if embedder.cache is None:
             embedder.cache = store  # unchanged text is never embedded twice
 
-    def handle(self, event: ObjectEvent, *, deadline: float | None = None) -> Outcome:
+    def handle(
+        self, event: ObjectEvent, *, deadline: float | None = None, known: Commit | Unknown | None = UNKNOWN
+    ) -> Outcome:
         """``deadline`` (``time.monotonic()`` seconds): stop starting work after it, so a file too big
-        for one invocation continues in another message before the function times out."""
+        for one invocation continues in another message before the function times out. ``known``:
+        the key's commit as read shortly before (a batch's one BatchGetItem), used instead of the
+        first read of an upsert or remove. A read that old is safe: commits only move forward, so a
+        commit seen as applied still is, and one missed is met by the compare-and-set of the commit."""
         t0 = time.monotonic()
         if deadline is not None and t0 > deadline:
             raise OutOfTime("not started: the invocation's time ran out on earlier records")
@@ -172,11 +186,11 @@ class Indexer:
         elif event.action == "sweep":
             outcome = self._sweep(event)
         elif event.action == "upsert":
-            outcome = self._upsert(event, deadline)
+            outcome = self._upsert(event, deadline, known)
         elif event.reconcile:
             outcome = self._reconcile(event, deadline)
         else:
-            outcome = self._remove(event)
+            outcome = self._remove(event, known)
         if outcome.action in ("indexed", "removed", "skipped", "superseded", "metadata") and event.action != "sweep":
             self._schedule_sweep(event)  # once: a sweep of a sidecar is itself a "metadata" outcome
         outcome.seconds = round(time.monotonic() - t0, 3)
@@ -192,9 +206,9 @@ class Indexer:
         # repeated manual runs; real S3 events always carry one (the local stack adds one).
         return normalize_sequencer(f"{time.time_ns():X}")
 
-    def _applied(self, key: str, seq: str) -> Commit | None:
-        """The commit of ``key`` if it is of this event or a later one."""
-        commit = self.commits.get(key)
+    def _applied(self, key: str, seq: str, known: Commit | Unknown | None = UNKNOWN) -> Commit | None:
+        """The commit of ``key`` if it is of this event or a later one (``known``: as read before)."""
+        commit = self.commits.get(key) if isinstance(known, Unknown) else known
         return commit if commit is not None and commit.sequencer >= seq else None
 
     def _stale(self, applied: Commit) -> Outcome:
@@ -237,9 +251,11 @@ class Indexer:
 
     # upsert
 
-    def _upsert(self, event: ObjectEvent, deadline: float | None = None) -> Outcome:
+    def _upsert(
+        self, event: ObjectEvent, deadline: float | None = None, known: Commit | Unknown | None = UNKNOWN
+    ) -> Outcome:
         key, seq = event.key, self._sequencer(event)
-        if applied := self._applied(key, seq):
+        if applied := self._applied(key, seq, known):
             stale = self._stale(applied)
             if applied.sequencer == seq and applied.version is not None and not applied.deleted:
                 # a retry of this very event: its first try may have failed after the commit, before
@@ -545,9 +561,9 @@ class Indexer:
 
     # remove
 
-    def _remove(self, event: ObjectEvent) -> Outcome:
+    def _remove(self, event: ObjectEvent, known: Commit | Unknown | None = UNKNOWN) -> Outcome:
         key, seq = event.key, self._sequencer(event)
-        if applied := self._applied(key, seq):
+        if applied := self._applied(key, seq, known):
             return self._stale(applied)
         removed = self.store.count(key)
         if not self._commit(Commit(key, seq, None, 0, deleted=True)):
@@ -606,6 +622,7 @@ class Unreadable(RagError):
 
 
 __all__ = [
+    "UNKNOWN",
     "IncompleteWrite",
     "Indexer",
     "IndexerConfig",
@@ -613,6 +630,7 @@ __all__ = [
     "OutOfTime",
     "Outcome",
     "StoreError",
+    "Unknown",
     "Unreadable",
     "Written",
     "assess",
