@@ -42,6 +42,7 @@ from indexer.events import BadEvent, ObjectEvent, continuation_message, parse_no
 from indexer.extract import Limits
 from indexer.metadata import is_sidecar
 from indexer.pipeline import UNKNOWN, Indexer, IndexerConfig, Outcome, OutOfTime, Unknown
+from indexer.sidecars import SidecarProbe
 
 if TYPE_CHECKING:
     from rag_shared.store import VectorStore
@@ -140,8 +141,15 @@ def build_indexer(settings: Settings | None = None, *, s3: Any = None) -> Indexe
     store = VectorStore.from_settings(
         settings, client=make_client(settings, pool_maxsize=pool), commits=CommitStore.from_settings(settings)
     )
+    s3 = s3 or boto3.client("s3")
     return Indexer(
-        s3 or boto3.client("s3"), store, embedder, config, sweeper=_sweeper(settings, store), continuer=_continue
+        s3,
+        store,
+        embedder,
+        config,
+        sweeper=_sweeper(settings, store),
+        continuer=_continue,
+        sidecars=SidecarProbe(s3),
     )
 
 

@@ -49,6 +49,7 @@ from indexer.metadata import (
     parse_sidecar,
     sidecar_key,
 )
+from indexer.sidecars import SidecarProbe
 
 if TYPE_CHECKING:
     from rag_shared.store import VectorStore  # loads opensearch-py: at first use, not at import
@@ -151,11 +152,13 @@ class Indexer:
         commits: CommitStore | None = None,
         sweeper: Callable[[ObjectEvent], None] | None = None,
         continuer: Callable[[ObjectEvent], None] | None = None,
+        sidecars: SidecarProbe | None = None,
     ) -> None:
         """``commits``: the commit table (default: the store's, from ``COMMIT_TABLE``). ``sweeper``
         schedules a later :meth:`_sweep` (a delayed SQS message; only stores whose deletes can miss
         recent writes need it). ``continuer`` sends a continuation of a file that did not fit in
-        one invocation (an SQS message); without one, running out of time raises :class:`OutOfTime`."""
+        one invocation (an SQS message); without one, running out of time raises :class:`OutOfTime`.
+        ``sidecars``: answers "is there a sidecar?" for concurrent records in one listing."""
         commits = commits or store.commits
         if commits is None:
             raise ConfigError("COMMIT_TABLE is not set: the indexer needs its DynamoDB commit table")
@@ -166,6 +169,7 @@ class Indexer:
         self.config = config
         self.sweeper = sweeper
         self.continuer = continuer
+        self.sidecars = sidecars
         if embedder.cache is None:
             embedder.cache = store  # unchanged text is never embedded twice
 
@@ -469,6 +473,11 @@ class Indexer:
 
     def _read_sidecar(self, bucket: str, key: str) -> Metadata:
         """The sidecar of ``key`` as S3 serves it now (none: no attributes)."""
+        if self.sidecars is None:
+            return self._get_sidecar(bucket, key)
+        return self.sidecars.read(bucket, sidecar_key(key), lambda: self._get_sidecar(bucket, key))
+
+    def _get_sidecar(self, bucket: str, key: str) -> Metadata:
         try:
             obj = self.s3.get_object(Bucket=bucket, Key=sidecar_key(key))
         except ClientError as exc:
