@@ -266,16 +266,20 @@ class Indexer:
                 # the sidecar that changed meanwhile was applied (_settle_metadata)
                 self._sync_metadata(event.bucket, key, applied.version, applied.version_id, applied.etag)
             return stale
-        try:
-            obj = self._get_object(event)
-        except _Gone as gone:
-            return Outcome(key=key, action=gone.action, reason=gone.reason)
+        # the sidecar is read before writing (see _settle_metadata), beside the object's own GET
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="sidecar") as reader:
+            sidecar = reader.submit(self._read_sidecar, event.bucket, key)
+            try:
+                obj = self._get_object(event)
+            except _Gone as gone:
+                return Outcome(key=key, action=gone.action, reason=gone.reason)
+            read = sidecar.result()
         token = event.token or new_token()
         etag = event.etag or str(obj.get("ETag") or "").strip('"') or None
         version_id = event.version_id or obj.get("VersionId")
         size = int(obj.get("ContentLength") or 0)
         user_meta = from_user_metadata(obj.get("Metadata"))
-        meta = merge(user_meta, self._read_sidecar(event.bucket, key))  # read before writing: see _settle_metadata
+        meta = merge(user_meta, read)
         try:
             if size > self.config.max_file_bytes:
                 raise Unindexable(f"file is {size} bytes, over the {self.config.max_file_bytes}-byte limit")

@@ -39,6 +39,12 @@ def listing_range(names: Sequence[str]) -> tuple[str, str]:
     return os.path.commonprefix(list(names)), min(names)[:-1]  # noqa: RUF071 - a key prefix, not a path
 
 
+def page_size(names: Sequence[str]) -> int:
+    """Keys to list: room for each name, its document and neighbours of a batch's range (every key
+    parsed costs the client time; names past a short page are read with a GET)."""
+    return min(LIST_MAX, max(100, 4 * len(names)))
+
+
 def decide(names: Sequence[str], listed: Sequence[str], truncated: bool) -> list[bool | None]:
     """For each name: True (listed), False (in the range the listing covered, not listed), None
     (past a truncated page: unknown). Python compares str by code point, the order of UTF-8 bytes."""
@@ -84,7 +90,7 @@ class SidecarProbe:
         prefix, start = listing_range(names)
         self.listings += 1
         try:
-            page = self.s3.list_objects_v2(Bucket=bucket, Prefix=prefix, StartAfter=start, MaxKeys=LIST_MAX)
+            page = self.s3.list_objects_v2(Bucket=bucket, Prefix=prefix, StartAfter=start, MaxKeys=page_size(names))
         except Exception as exc:  # the GETs decide instead
             log.warning("could not list sidecars; reading them one by one: %s", type(exc).__name__)
             return [None] * len(names)
@@ -99,4 +105,4 @@ def _own(get: Read) -> Metadata | BaseException:
         return exc
 
 
-__all__ = ["SidecarProbe", "decide", "listing_range"]
+__all__ = ["SidecarProbe", "decide", "listing_range", "page_size"]
