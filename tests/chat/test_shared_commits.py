@@ -25,7 +25,7 @@ class Table(CommitStore):
         self.hold: threading.Event | None = None
         self.fail: Exception | None = None
 
-    def get_many(self, keys: Iterable[str]) -> dict[str, Commit]:
+    def get_many(self, keys: Iterable[str], *, consistent: bool = False) -> dict[str, Commit]:
         wanted = list(keys)
         snapshot = {k: self.records[k] for k in wanted if k in self.records}
         self.calls.append(wanted)
@@ -147,3 +147,10 @@ def test_against_dynamodb_the_store_reads_through_it(commits: CommitStore) -> No
         results = list(pool.map(lambda _: shared.get_many(["k", "none"]), range(16)))
     assert all(set(r) == {"k"} and r["k"].version == "v2" for r in results)
     assert 1 <= shared.reads <= 16
+
+
+def test_a_strongly_consistent_read_is_never_shared() -> None:
+    table = Table()
+    shared = SharedCommitReads(table)
+    assert shared.get_many(["k"], consistent=True) == {}
+    assert table.calls == [["k"]] and shared.reads == 0  # the store's own read, not a shared round

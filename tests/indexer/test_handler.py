@@ -104,7 +104,7 @@ def test_two_versions_processed_at_once_converge_on_the_newest(uploader, indexer
     """The older invocation read its object and passed its check before the newer one finished;
     it finishes later. Its commit loses the compare-and-set: the newer version stays the only one."""
     from indexer.events import parse_notification
-    from indexer.pipeline import Indexer
+    from indexer.pipeline import UNKNOWN, Indexer
 
     old_text = "\n\n".join(paragraph(i) for i in range(6))
     old = parse_notification(uploader.put("docs/a.txt", old_text))[0]
@@ -117,9 +117,9 @@ def test_two_versions_processed_at_once_converge_on_the_newest(uploader, indexer
 
         checks = 0
 
-        def _applied(self, key, seq):
+        def _applied(self, key, seq, known=UNKNOWN):
             self.checks += 1
-            return None if self.checks == 1 else super()._applied(key, seq)
+            return None if self.checks == 1 else super()._applied(key, seq, known)
 
     assert ix.handle(new).action == "indexed"  # the newer invocation finishes first
     uploader.s3.put_object(Bucket=uploader.bucket, Key="docs/a.txt", Body=old_obj)

@@ -18,7 +18,7 @@ from indexer.metadata import (
     merge,
     parse_sidecar,
 )
-from indexer.pipeline import Indexer
+from indexer.pipeline import Indexer, Written
 
 from standins.corpus import document
 from standins.opensearch import OpenSearchStandIn
@@ -216,11 +216,11 @@ def test_a_sidecar_changed_while_its_document_is_written_ends_in_the_chunks(
     fired: list[str] = []
 
     class Racing(Indexer):
-        def _complete(self, key: str, token: str, expected: int) -> bool:
+        def _written(self, key: str, token: str, expected: int) -> Written:
             if not fired:
                 (side,) = parse_notification(put_sidecar(uploader, KEY, {"rev": 2}))
                 fired.append(b.handle(side).action)
-            return super()._complete(key, token, expected)
+            return super()._written(key, token, expected)
 
     racing = Racing(a.s3, a.store, a.embedder, a.config)
     assert racing.handle(doc).action == "indexed"
@@ -313,10 +313,10 @@ def test_a_retry_after_a_failed_metadata_update_applies_the_sidecar(uploader, ve
     faults: list[str] = []
 
     class Failing(Indexer):
-        def _complete(self, key: str, token: str, expected: int) -> bool:
+        def _written(self, key: str, token: str, expected: int) -> Written:
             (side,) = parse_notification(put_sidecar(uploader, KEY, {"rev": 2}))
             assert b.handle(side).action == "deferred"  # no commit yet
-            return super()._complete(key, token, expected)
+            return super()._written(key, token, expected)
 
     update = a.store.update_metadata
 

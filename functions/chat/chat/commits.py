@@ -48,7 +48,9 @@ class SharedCommitReads(CommitStore):
         self._open: _Read | None = None  # the read gathering keys, not sent yet
         self.reads = 0  # BatchGetItem rounds sent (for tests and the bench)
 
-    def get_many(self, keys: Iterable[str]) -> dict[str, Commit]:
+    def get_many(self, keys: Iterable[str], *, consistent: bool = False) -> dict[str, Commit]:
+        if consistent:  # a strongly consistent read is the store's own: it never joins a shared one
+            return self._store.get_many(keys, consistent=True)
         wanted = list(dict.fromkeys(keys))
         if not wanted:
             return {}

@@ -32,7 +32,7 @@ from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
-from rag_shared.commits import CommitStore
+from rag_shared.commits import Commit, CommitStore
 from rag_shared.config import Settings, load_settings
 from rag_shared.dashscope import DashScopeClient
 from rag_shared.embeddings import Embedder, pacer_from_settings
@@ -40,7 +40,9 @@ from rag_shared.secrets import ApiKeyProvider
 
 from indexer.events import BadEvent, ObjectEvent, continuation_message, parse_notification, sweep_message
 from indexer.extract import Limits
-from indexer.pipeline import Indexer, IndexerConfig, Outcome, OutOfTime
+from indexer.metadata import is_sidecar
+from indexer.pipeline import UNKNOWN, Indexer, IndexerConfig, Outcome, OutOfTime, Unknown
+from indexer.sidecars import SidecarProbe
 
 if TYPE_CHECKING:
     from rag_shared.store import VectorStore
@@ -53,6 +55,53 @@ _indexer: Indexer | None = None
 _settings: Settings | None = None
 _retry_after: dict[str, int] = {}  # messageId -> seconds until a failed record's next try
 _source_queue: ContextVar[str | None] = ContextVar("source_queue", default=None)  # the record's queue ARN
+
+
+class Prefetched:
+    """The commits of a batch's keys, read in one BatchGetItem before its records run. Each key's
+    answer serves once, the first record naming it (records of one key run in batch order), which
+    would otherwise read it itself: a later record of the key must see what the earlier one committed."""
+
+    def __init__(self, keys: Sequence[str], found: dict[str, Commit]) -> None:
+        self._unread = set(keys)
+        self._found = found
+        self._lock = threading.Lock()
+
+    def take(self, event: ObjectEvent) -> Commit | Unknown | None:
+        with self._lock:
+            if event.key not in self._unread or event.key not in prefetch_keys([event]):
+                return UNKNOWN
+            self._unread.discard(event.key)
+        return self._found.get(event.key)
+
+
+_prefetched: ContextVar[Prefetched | None] = ContextVar("prefetched", default=None)
+
+
+def prefetch_keys(events: Sequence[ObjectEvent]) -> list[str]:
+    """Keys whose first step is reading their commit: uploads and plain removes of documents (not
+    sidecars, sweeps or version reconciliations, which read S3 first)."""
+    keys = (e.key for e in events if e.action in ("upsert", "remove") and not e.reconcile and not is_sidecar(e.key))
+    return list(dict.fromkeys(keys))
+
+
+def prefetch(indexer: Indexer, bodies: Sequence[str | None]) -> Prefetched | None:
+    """One strongly consistent BatchGetItem for the batch's keys; None if it fails (each record then
+    reads its own commit, and meets the failure itself if it persists)."""
+    events: list[ObjectEvent] = []
+    for body in bodies:
+        try:
+            events += parse_notification(body or "")
+        except Exception:  # noqa: S112 - a poison record is dead-lettered by its own handler
+            continue
+    keys = prefetch_keys(events)
+    if len(keys) < 2:
+        return None
+    try:
+        return Prefetched(keys, indexer.commits.get_many(keys, consistent=True))
+    except Exception as exc:
+        logger.warning("could not read the batch's commits at once", extra={"error": type(exc).__name__})
+        return None
 
 
 def build_indexer(settings: Settings | None = None, *, s3: Any = None) -> Indexer:
@@ -92,8 +141,15 @@ def build_indexer(settings: Settings | None = None, *, s3: Any = None) -> Indexe
     store = VectorStore.from_settings(
         settings, client=make_client(settings, pool_maxsize=pool), commits=CommitStore.from_settings(settings)
     )
+    s3 = s3 or boto3.client("s3")
     return Indexer(
-        s3 or boto3.client("s3"), store, embedder, config, sweeper=_sweeper(settings, store), continuer=_continue
+        s3,
+        store,
+        embedder,
+        config,
+        sweeper=_sweeper(settings, store),
+        continuer=_continue,
+        sidecars=SidecarProbe(s3),
     )
 
 
@@ -177,7 +233,9 @@ def process(event: ObjectEvent, deadline: float | None = None) -> Outcome:
     # thread-local keys: records run concurrently, each on its own thread
     logger.thread_safe_append_keys(s3_key=event.key, s3_action=event.action)
     try:
-        outcome = get_indexer().handle(event, deadline=deadline)
+        prefetched = _prefetched.get()
+        known = prefetched.take(event) if prefetched is not None else UNKNOWN
+        outcome = get_indexer().handle(event, deadline=deadline, known=known)
     finally:
         logger.thread_safe_remove_keys(["s3_key", "s3_action"])
     report(outcome)
@@ -353,12 +411,19 @@ class ConcurrentBatchProcessor(BatchProcessor):
             return super().process()
 
         try:  # once, before the records race to create the index (each would wait on the others)
-            get_indexer().store.ensure_index()
+            indexer = get_indexer()
+            indexer.store.ensure_index()
+            known = prefetch(indexer, [r.get("body") for r in records])
         except Exception as exc:  # each record meets the failure again and reports it as its own
             logger.warning("index not ready before the batch", extra={"error": type(exc).__name__})
+            known = None
 
         def run(group: list[int]) -> list[tuple[Any, ...]]:
-            return [self._process_record(records[i]) for i in group]
+            token = _prefetched.set(known)  # a pool thread's context: set for this group only
+            try:
+                return [self._process_record(records[i]) for i in group]
+            finally:
+                _prefetched.reset(token)
 
         with ThreadPoolExecutor(max_workers=min(self.workers, len(groups)), thread_name_prefix="record") as pool:
             return [r for rs in pool.map(run, groups) for r in rs]

@@ -22,6 +22,7 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from enum import Enum
 from itertools import islice
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -48,6 +49,7 @@ from indexer.metadata import (
     parse_sidecar,
     sidecar_key,
 )
+from indexer.sidecars import SidecarProbe
 
 if TYPE_CHECKING:
     from rag_shared.store import VectorStore  # loads opensearch-py: at first use, not at import
@@ -103,6 +105,40 @@ def new_token() -> str:
     return uuid.uuid4().hex[:20]
 
 
+class Unknown(Enum):
+    """A commit not read yet (``None`` means read, and absent)."""
+
+    UNKNOWN = "unknown"
+
+
+UNKNOWN = Unknown.UNKNOWN
+
+# Chunks whose versions one request lists after a write (at most: a search's size; under the index's
+# default max_result_window of 10,000, OpenSearch docs "Paginate results"); bigger files count instead.
+VERSIONS_LISTED = 1000
+
+
+@dataclass(frozen=True)
+class Written:
+    """What the index holds of a key after a write: ``complete`` (every chunk of the attempt's
+    version is there) and ``others`` (chunks of other versions are there too)."""
+
+    complete: bool
+    others: bool
+
+
+def assess(versions: list[str], token: str, expected: int) -> Written | None:
+    """From the versions of the key's chunks found when asking for ``expected + 1`` of them: fewer
+    found means every chunk was seen; only ``token`` found means no other version is there (ours
+    cannot exceed ``expected``: chunk ids are unique per number). None: others filled the page, so
+    how many are ours is unknown (count them)."""
+    ours = versions.count(token)
+    others = ours < len(versions)
+    if len(versions) <= expected or not others:
+        return Written(complete=ours == expected, others=others)
+    return None
+
+
 def _windows(chunks: Iterator[Chunk], size: int) -> Iterator[list[Chunk]]:
     while batch := list(islice(chunks, size)):
         yield batch
@@ -119,11 +155,13 @@ class Indexer:
         commits: CommitStore | None = None,
         sweeper: Callable[[ObjectEvent], None] | None = None,
         continuer: Callable[[ObjectEvent], None] | None = None,
+        sidecars: SidecarProbe | None = None,
     ) -> None:
         """``commits``: the commit table (default: the store's, from ``COMMIT_TABLE``). ``sweeper``
         schedules a later :meth:`_sweep` (a delayed SQS message; only stores whose deletes can miss
         recent writes need it). ``continuer`` sends a continuation of a file that did not fit in
-        one invocation (an SQS message); without one, running out of time raises :class:`OutOfTime`."""
+        one invocation (an SQS message); without one, running out of time raises :class:`OutOfTime`.
+        ``sidecars``: answers "is there a sidecar?" for concurrent records in one listing."""
         commits = commits or store.commits
         if commits is None:
             raise ConfigError("COMMIT_TABLE is not set: the indexer needs its DynamoDB commit table")
@@ -134,12 +172,18 @@ class Indexer:
         self.config = config
         self.sweeper = sweeper
         self.continuer = continuer
+        self.sidecars = sidecars
         if embedder.cache is None:
             embedder.cache = store  # unchanged text is never embedded twice
 
-    def handle(self, event: ObjectEvent, *, deadline: float | None = None) -> Outcome:
+    def handle(
+        self, event: ObjectEvent, *, deadline: float | None = None, known: Commit | Unknown | None = UNKNOWN
+    ) -> Outcome:
         """``deadline`` (``time.monotonic()`` seconds): stop starting work after it, so a file too big
-        for one invocation continues in another message before the function times out."""
+        for one invocation continues in another message before the function times out. ``known``:
+        the key's commit as read shortly before (a batch's one BatchGetItem), used instead of the
+        first read of an upsert or remove. A read that old is safe: commits only move forward, so a
+        commit seen as applied still is, and one missed is met by the compare-and-set of the commit."""
         t0 = time.monotonic()
         if deadline is not None and t0 > deadline:
             raise OutOfTime("not started: the invocation's time ran out on earlier records")
@@ -149,11 +193,11 @@ class Indexer:
         elif event.action == "sweep":
             outcome = self._sweep(event)
         elif event.action == "upsert":
-            outcome = self._upsert(event, deadline)
+            outcome = self._upsert(event, deadline, known)
         elif event.reconcile:
             outcome = self._reconcile(event, deadline)
         else:
-            outcome = self._remove(event)
+            outcome = self._remove(event, known)
         if outcome.action in ("indexed", "removed", "skipped", "superseded", "metadata") and event.action != "sweep":
             self._schedule_sweep(event)  # once: a sweep of a sidecar is itself a "metadata" outcome
         outcome.seconds = round(time.monotonic() - t0, 3)
@@ -169,9 +213,9 @@ class Indexer:
         # repeated manual runs; real S3 events always carry one (the local stack adds one).
         return normalize_sequencer(f"{time.time_ns():X}")
 
-    def _applied(self, key: str, seq: str) -> Commit | None:
-        """The commit of ``key`` if it is of this event or a later one."""
-        commit = self.commits.get(key)
+    def _applied(self, key: str, seq: str, known: Commit | Unknown | None = UNKNOWN) -> Commit | None:
+        """The commit of ``key`` if it is of this event or a later one (``known``: as read before)."""
+        commit = self.commits.get(key) if isinstance(known, Unknown) else known
         return commit if commit is not None and commit.sequencer >= seq else None
 
     def _stale(self, applied: Commit) -> Outcome:
@@ -181,10 +225,12 @@ class Indexer:
         self.store.delete_chunks(applied.key, upto_seq=applied.sequencer, except_version=applied.version)
         return Outcome(key=applied.key, action="stale", reason=f"already applied event {applied.sequencer}")
 
-    def _commit(self, record: Commit) -> bool:
-        """Commit ``record``; then clean up what it supersedes, or, having lost, our own chunks."""
+    def _commit(self, record: Commit, *, cleanup: bool = True) -> bool:
+        """Commit ``record``; then clean up what it supersedes (``cleanup=False``: the index was seen
+        to hold no other chunk of the key), or, having lost, our own chunks."""
         if self.commits.commit(record):
-            self.store.delete_chunks(record.key, upto_seq=record.sequencer, except_version=record.version)
+            if cleanup:
+                self.store.delete_chunks(record.key, upto_seq=record.sequencer, except_version=record.version)
             return True
         if record.version is not None:
             self.store.delete_chunks(record.key, version=record.version)
@@ -212,25 +258,31 @@ class Indexer:
 
     # upsert
 
-    def _upsert(self, event: ObjectEvent, deadline: float | None = None) -> Outcome:
+    def _upsert(
+        self, event: ObjectEvent, deadline: float | None = None, known: Commit | Unknown | None = UNKNOWN
+    ) -> Outcome:
         key, seq = event.key, self._sequencer(event)
-        if applied := self._applied(key, seq):
+        if applied := self._applied(key, seq, known):
             stale = self._stale(applied)
             if applied.sequencer == seq and applied.version is not None and not applied.deleted:
                 # a retry of this very event: its first try may have failed after the commit, before
                 # the sidecar that changed meanwhile was applied (_settle_metadata)
                 self._sync_metadata(event.bucket, key, applied.version, applied.version_id, applied.etag)
             return stale
-        try:
-            obj = self._get_object(event)
-        except _Gone as gone:
-            return Outcome(key=key, action=gone.action, reason=gone.reason)
+        # the sidecar is read before writing (see _settle_metadata), beside the object's own GET
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="sidecar") as reader:
+            sidecar = reader.submit(self._read_sidecar, event.bucket, key)
+            try:
+                obj = self._get_object(event)
+            except _Gone as gone:
+                return Outcome(key=key, action=gone.action, reason=gone.reason)
+            read = sidecar.result()
         token = event.token or new_token()
         etag = event.etag or str(obj.get("ETag") or "").strip('"') or None
         version_id = event.version_id or obj.get("VersionId")
         size = int(obj.get("ContentLength") or 0)
         user_meta = from_user_metadata(obj.get("Metadata"))
-        meta = merge(user_meta, self._read_sidecar(event.bucket, key))  # read before writing: see _settle_metadata
+        meta = merge(user_meta, read)
         try:
             if size > self.config.max_file_bytes:
                 raise Unindexable(f"file is {size} bytes, over the {self.config.max_file_bytes}-byte limit")
@@ -254,7 +306,8 @@ class Indexer:
         out_of_time = self._write(
             key, seq, token, event, islice(chunks, event.cursor, None), total, deadline, meta.values
         )
-        if self.store.resets != resets or not self._complete(key, token, event.cursor + total.chunks):
+        present = self._written(key, token, event.cursor + total.chunks)
+        if self.store.resets != resets or not present.complete:
             if applied := self._applied(key, seq):  # another delivery committed and cleaned up ours
                 self.store.delete_chunks(key, version=token)
                 return total.model_copy(update={"action": "superseded", "reason": f"applied {applied.sequencer}"})
@@ -263,7 +316,7 @@ class Indexer:
             return self._continue(event, token, event.cursor + total.chunks, total)
         total.chunks += event.cursor
         record = Commit(key, seq, token, total.chunks, etag=etag, version_id=version_id)
-        if not self._commit(record):
+        if not self._commit(record, cleanup=present.others):
             return total.model_copy(update={"action": "superseded", "reason": "this event was applied meanwhile"})
         # a file written over several invocations may hold several reads of the sidecar: rewrite it
         written = meta.values if event.cursor == 0 else None
@@ -320,13 +373,24 @@ class Indexer:
                 writing.result()
         return out_of_time
 
-    def _complete(self, key: str, token: str, expected: int) -> bool:
-        """Are all ``expected`` chunks of ``token`` in the index? Checked where a count is exact at
-        once (a domain, after refresh); on Serverless writes become countable only later."""
+    def _written(self, key: str, token: str, expected: int) -> Written:
+        """Are all ``expected`` chunks of ``token`` in the index, and does it hold other chunks of the
+        key (then the cleanup after the commit has work)? Checked where a count is exact at once (a
+        domain, after refresh); on Serverless writes become countable only later: always clean up.
+
+        One request lists the versions of up to ``expected + 1`` chunks of the key (a brand-new key
+        then needs neither a count nor a cleanup); a count follows only when other versions fill it.
+        A chunk another attempt writes after this look is that attempt's to remove: losing the
+        commit it deletes its own, and any retry of it meets this commit and cleans up (``_stale``)."""
         if self.store.needs_sweep:
-            return True
+            return Written(complete=True, others=True)
         self.store.refresh()
-        return self.store.count(key, version=token) == expected
+        if expected + 1 > VERSIONS_LISTED:
+            return Written(self.store.count(key, version=token) == expected, others=True)
+        found = assess(self.store.chunk_versions(key, expected + 1), token, expected)
+        if found is None:
+            return Written(self.store.count(key, version=token) == expected, others=True)
+        return found
 
     def _continue(self, event: ObjectEvent, token: str, cursor: int, total: Outcome) -> Outcome:
         """Out of time: hand the rest to a continuation message (it does not count as a receive of
@@ -416,6 +480,11 @@ class Indexer:
 
     def _read_sidecar(self, bucket: str, key: str) -> Metadata:
         """The sidecar of ``key`` as S3 serves it now (none: no attributes)."""
+        if self.sidecars is None:
+            return self._get_sidecar(bucket, key)
+        return self.sidecars.read(bucket, sidecar_key(key), lambda: self._get_sidecar(bucket, key))
+
+    def _get_sidecar(self, bucket: str, key: str) -> Metadata:
         try:
             obj = self.s3.get_object(Bucket=bucket, Key=sidecar_key(key))
         except ClientError as exc:
@@ -510,9 +579,9 @@ class Indexer:
 
     # remove
 
-    def _remove(self, event: ObjectEvent) -> Outcome:
+    def _remove(self, event: ObjectEvent, known: Commit | Unknown | None = UNKNOWN) -> Outcome:
         key, seq = event.key, self._sequencer(event)
-        if applied := self._applied(key, seq):
+        if applied := self._applied(key, seq, known):
             return self._stale(applied)
         removed = self.store.count(key)
         if not self._commit(Commit(key, seq, None, 0, deleted=True)):
@@ -571,6 +640,7 @@ class Unreadable(RagError):
 
 
 __all__ = [
+    "UNKNOWN",
     "IncompleteWrite",
     "Indexer",
     "IndexerConfig",
@@ -578,7 +648,10 @@ __all__ = [
     "OutOfTime",
     "Outcome",
     "StoreError",
+    "Unknown",
     "Unreadable",
+    "Written",
+    "assess",
     "chunk_id",
     "new_token",
 ]

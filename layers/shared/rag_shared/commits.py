@@ -93,14 +93,19 @@ class CommitStore:
         ).get("Item")
         return _from_item(item) if item else None
 
-    def get_many(self, keys: Iterable[str]) -> dict[str, Commit]:
+    def get_many(self, keys: Iterable[str], *, consistent: bool = False) -> dict[str, Commit]:
         """Commits of ``keys`` (absent keys are missing from the result); BatchGetItem in 100s,
-        unprocessed keys asked again with backoff."""
+        unprocessed keys asked again with backoff. ``consistent``: strongly consistent reads, as
+        :meth:`get` (BatchGetItem's ``ConsistentRead`` per table; eventually consistent by default,
+        DynamoDB API reference, BatchGetItem / KeysAndAttributes)."""
         wanted = list(dict.fromkeys(keys))
         out: dict[str, Commit] = {}
         for start in range(0, len(wanted), BATCH_GET_MAX):
             request: dict[str, Any] = {
-                self.table: {"Keys": [{"pk": {"S": self.pk(k)}} for k in wanted[start : start + BATCH_GET_MAX]]}
+                self.table: {
+                    "Keys": [{"pk": {"S": self.pk(k)}} for k in wanted[start : start + BATCH_GET_MAX]],
+                    "ConsistentRead": consistent,
+                }
             }
             for attempt in range(1, 8):
                 result = self._call("read commits", lambda r=request: self.client.batch_get_item(RequestItems=r))  # type: ignore[misc]

@@ -19,6 +19,7 @@ from rag_shared.errors import BulkWriteError, IndexMappingError, StoreError
 from rag_shared.store.client import make_client
 from rag_shared.store.documents import SPACE, VECTOR_FIELD, ChunkDoc, SearchFilter, SearchHit, SearchType
 from rag_shared.store.fusion import rrf
+from rag_shared.store.group import GroupRunner
 from rag_shared.store.mapping import (
     GUARD,
     TEMPLATE_PRIORITY,
@@ -42,10 +43,21 @@ BULK_DOCS = 500
 # A 1536-float vector is ~35 KB of JSON, so 500 of them would be ~17 MB: over the 10 MiB request
 # limit (http.max_content_length) of small managed-domain instance types. Keep each request under it.
 BULK_BYTES = 8 * 1024 * 1024
+# Content hashes one shared cache lookup asks for (its result size; under the index's default
+# max_result_window of 10,000: OpenSearch docs, "Paginate results").
+LOOKUP_HASHES = 1000
 # Replaces a chunk's whole ``metadata`` object (a partial ``doc`` update would merge objects and keep
 # attributes the sidecar no longer has). Painless, the default script language (OpenSearch docs,
 # api-reference/document-apis/update-by-query and update-document: ``ctx._source``, ``params``).
 SET_METADATA = "ctx._source.metadata = params.metadata"
+
+
+class BulkItemsRejected(BulkWriteError):
+    """OpenSearch refused some bulk items for good (a mapping error, an id too long): ``ids``."""
+
+    def __init__(self, ids: list[str], message: str) -> None:
+        super().__init__(message)
+        self.ids = ids
 
 
 class VectorStore:
@@ -79,6 +91,15 @@ class VectorStore:
         self._sleep = sleep
         self._ready = False
         self.resets = 0  # times this store found its index gone mid-write and created it again
+        # Concurrent records (the indexer's threads) share requests: a refresh, bulk writes of
+        # several small files, cache lookups (group commit, see rag_shared.store.group).
+        self._refresher: GroupRunner[None, None] = GroupRunner(self._refresh_group)
+        self._writer: GroupRunner[list[dict[str, Any]], list[str]] = GroupRunner(
+            self._write_group, max_weight=BULK_DOCS, weight=len
+        )
+        self._lookup: GroupRunner[list[str], dict[str, list[float]]] = GroupRunner(
+            self._lookup_group, max_weight=LOOKUP_HASHES, weight=len
+        )
 
     @classmethod
     def from_settings(
@@ -230,8 +251,14 @@ class VectorStore:
         self._ensure_metadata_mapping(mappings)
 
     def refresh(self) -> None:
-        """Make recent writes searchable now."""
+        """Make every write completed before this call searchable. Threads calling at once share one
+        refresh that starts after all their calls (Refresh index API: it makes the operations
+        performed since the last refresh available for search; OpenSearch docs, api-reference/index-apis/refresh)."""
+        self._refresher(None)
+
+    def _refresh_group(self, items: Sequence[None]) -> list[None]:
         self._retry("refresh", lambda: self.client.indices.refresh(index=self.index))
+        return [None] * len(items)
 
     # writes
 
@@ -240,8 +267,30 @@ class VectorStore:
 
     def write_chunks(self, docs: Sequence[ChunkDoc]) -> list[str]:
         """Bulk-index; items that fail transiently are retried alone, with backoff. Returns the ids
-        written (on Serverless, the ones the collection assigned)."""
-        return self._bulk([self._action(d) for d in docs])
+        written. Concurrent callers share bulk requests (:meth:`_write_group`)."""
+        return self._writer([self._action(d) for d in docs])
+
+    def _write_group(self, groups: Sequence[list[dict[str, Any]]]) -> list[list[str] | BaseException]:
+        """One bulk for the actions of several callers. Items rejected for good fail only the callers
+        that sent them; the others' actions are sent again on their own (indexing by our own id is
+        idempotent). Any other failure (after the bulk's retries) reaches every caller in it."""
+        if len(groups) == 1:
+            return [self._bulk(groups[0])]
+        try:
+            self._bulk([a for g in groups for a in g])
+            return [[str(a["_id"]) for a in g] for g in groups]
+        except BulkItemsRejected as exc:
+            rejected = set(exc.ids)
+            answers: list[list[str] | BaseException] = []
+            for g in groups:
+                if any(str(a.get("_id")) in rejected for a in g):
+                    answers.append(BulkItemsRejected(exc.ids, str(exc)))
+                    continue
+                try:
+                    answers.append(self._bulk(g))
+                except Exception as alone:  # this caller's own failure, raised to it
+                    answers.append(alone)
+            return answers
 
     def _bulk(self, actions: list[dict[str, Any]]) -> list[str]:
         """Send ``actions`` in requests of at most BULK_DOCS / BULK_BYTES; returns the ids done.
@@ -293,7 +342,8 @@ class VectorStore:
                     reason = error.get("reason", "") if isinstance(error, dict) else ""
                     fatal.append(f"{result.get('_id', '?')}: {status} {reason}")
             if fatal:
-                raise BulkWriteError(f"{len(fatal)} bulk items rejected: {fatal[:3]}")
+                ids = [f.split(":", 1)[0] for f in fatal]
+                raise BulkItemsRejected(ids, f"{len(fatal)} bulk items rejected: {fatal[:3]}")
             if index_missing:
                 log.warning("index %s disappeared; creating it again", self.index)
                 self.resets += 1  # what was written before is gone: the writer must not commit
@@ -367,9 +417,17 @@ class VectorStore:
     # reads
 
     def get_many(self, hashes: Sequence[str]) -> dict[str, list[float]]:
-        """Vectors already stored for these content hashes: the embedder's cache."""
+        """Vectors already stored for these content hashes: the embedder's cache. Concurrent
+        callers share one lookup (:meth:`_lookup_group`)."""
         if not hashes:
             return {}
+        return self._lookup(list(hashes))
+
+    def _lookup_group(self, groups: Sequence[list[str]]) -> list[dict[str, list[float]]]:
+        found = self._cache_lookup(list(dict.fromkeys(h for g in groups for h in g)))
+        return [{h: found[h] for h in g if h in found} for g in groups]
+
+    def _cache_lookup(self, hashes: list[str]) -> dict[str, list[float]]:
         body = {
             "size": len(hashes),
             "_source": ["content_hash", VECTOR_FIELD],
@@ -505,6 +563,13 @@ class VectorStore:
             hits.append(hit.model_copy(update=update))
         return hits
 
+    def chunk_versions(self, key: str, size: int) -> list[str]:
+        """The version tokens of up to ``size`` searchable chunks of ``key``, one per chunk (only the
+        ``version`` field is fetched: source filtering, OpenSearch docs, "Retrieve specific fields")."""
+        body = {"size": size, "_source": ["version"], "query": {"bool": {"filter": [{"term": {"source_key": key}}]}}}
+        result = self._retry("list versions", lambda: self.client.search(index=self.index, body=body))
+        return [str((h.get("_source") or {}).get("version")) for h in result.get("hits", {}).get("hits", [])]
+
     def count(self, key: str | None = None, version: str | None = None) -> int:
         """Chunks of ``key`` (of one ``version`` if given), or of all keys."""
         clauses: list[dict[str, Any]] = [{"term": {"source_key": key}}] if key else []
@@ -528,6 +593,11 @@ class ServerlessStore(VectorStore):
 
     def refresh(self) -> None:
         """Serverless has no refresh API and refreshes itself."""
+
+    def write_chunks(self, docs: Sequence[ChunkDoc]) -> list[str]:
+        """Bulk-index one caller's chunks at a time: the collection assigns the ids, so an action
+        cannot be sent again after a partly failed shared request without a duplicate."""
+        return self._bulk([self._action(d) for d in docs])
 
     def _action(self, doc: ChunkDoc) -> dict[str, Any]:
         return {"_op_type": "index", "_index": self.index, "_source": doc.body()}
