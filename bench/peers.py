@@ -160,3 +160,29 @@ def plain_asyncio_files(
     """The plain peer for many small files: all files embedded concurrently, then one bulk write."""
     files = asyncio.run(_plain_files(s3, bucket, keys, base_url, api_key, model, concurrency))
     return bulk_into(opensearch_url, index, dimensions, files)
+
+
+def plain_asyncio_files_batched(
+    s3: Any,
+    bucket: str,
+    keys: list[str],
+    *,
+    base_url: str,
+    api_key: str,
+    model: str,
+    dimensions: int,
+    opensearch_url: str,
+    index: str,
+    concurrency: int,
+) -> int:
+    """The plain peer for many small files written by a user who knows the per-call cap: every file
+    read and chunked first, then all their chunks embedded 25 per call across files (the fewest calls
+    there can be), ``concurrency`` calls in flight, then one bulk write."""
+
+    async def run() -> list[tuple[str, list[str], list[list[float]]]]:
+        texts = await asyncio.gather(*(asyncio.to_thread(chunks_of, s3, bucket, k) for k in keys))
+        flat = [t for ts in texts for t in ts]
+        vectors = iter(await _plain(flat, base_url, api_key, model, concurrency))
+        return [(k, ts, [next(vectors) for _ in ts]) for k, ts in zip(keys, texts, strict=True)]
+
+    return bulk_into(opensearch_url, index, dimensions, asyncio.run(run()))
