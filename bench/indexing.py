@@ -288,35 +288,12 @@ def run_scenario(sc: Scenario, repeats: int = REPEATS) -> list[str]:
         assert len(texts) == sc.chunks, len(texts)
         _warm_standin(svc, texts)
         ceiling = _ceiling(sc, texts)
-        calls_ceiling = ceiling / BATCH
         contenders = _contenders(sc, svc, s3, events)
         results: dict[str, list[dict[str, Any]]] = {name: [] for name in contenders}
         for _ in range(repeats):  # interleaved: load on the shared machine hits every contender alike
             for name, fn in contenders.items():
                 results[name].append(_measure(svc, fn))
-    expected = sc.chunks * sc.indexers
-    ours = median([r["rate"] for r in results["this project (paced)"]])
-    lines = []
-    for name, rs in results.items():
-        rate = median([r["rate"] for r in rs])
-        admitted = median([r["admitted"] for r in rs]) / calls_ceiling
-        throttled = median([r["throttled"] for r in rs])
-        failures = [r["failed"] for r in rs if r["failed"] or r["chunks"] != expected]
-        ratio = _ratio(ours, rate)
-        target = " (target ≥ 90%)" if name.startswith("this") else ""
-        note = f"median {throttled:.0f} × 429 per run, {median([r['ok'] for r in rs]):.0f} calls"
-        if failures:
-            note += f"; {len(failures)}/{len(rs)} runs incomplete: {failures[0]}"
-        lines.append(
-            row(
-                f"Indexing, {sc.name}: {name}",
-                f"{rate:.0f} chunks/s end to end = {rate / ceiling:.0%} of the {ceiling:.0f} ceiling; "
-                f"while embedding {admitted:.0%} of it{target}",
-                ratio,
-                note,
-            )
-        )
-    return lines
+    return _report(sc.name, sc.chunks * sc.indexers, ceiling, results)
 
 
 # --- many small files: an SQS batch's records at once, their chunks packed into shared calls ---
