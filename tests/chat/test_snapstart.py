@@ -7,13 +7,11 @@ from __future__ import annotations
 
 import json
 import random
-import socket
-import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import boto3
 import httpx
@@ -24,6 +22,7 @@ from rag_shared.dashscope import DashScopeClient
 from rag_shared.secrets import ApiKeyProvider
 
 from local.servers import AppServer
+from standins.proxy import FlakyProxy as Relay
 from tests.chat.conftest import TOKEN
 from tests.conftest import API_KEY
 from tests.sse import read_sse
@@ -33,72 +32,10 @@ ASK = {"messages": [{"role": "user", "content": "What is the on-call rotation?"}
 CONTEXT = json.dumps({"requestId": "r-1", "http": {"method": "POST", "path": BEFORE}})
 
 
-class Relay:
-    """Relays TCP connections to ``target``; counts the connections made and those still open."""
-
-    def __init__(self, target: tuple[str, int]) -> None:
-        self.target = target
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self.listener.getsockname()[1]
-        self.accepted = 0
-        self.open = 0
-        self.lock = threading.Lock()
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                down, _ = self.listener.accept()
-            except OSError:
-                return
-            up = socket.create_connection(self.target)
-            with self.lock:
-                self.accepted += 1
-                self.open += 1
-            pair = _Pair(self)
-            threading.Thread(target=pair.pump, args=(down, up), daemon=True).start()
-            threading.Thread(target=pair.pump, args=(up, down), daemon=True).start()
-
-    def url(self, url: str) -> str:
-        """``url`` with its host and port replaced by this relay's."""
-        parts = urlsplit(url)
-        return urlunsplit((parts.scheme, f"127.0.0.1:{self.port}", parts.path, parts.query, ""))
-
-    def close(self) -> None:
-        self.listener.close()
-
-
-class _Pair:
-    """One relayed connection: two pumps; when either side closes, both are closed."""
-
-    def __init__(self, relay: Relay) -> None:
-        self.relay = relay
-        self.pending = 2
-
-    def pump(self, src: socket.socket, dst: socket.socket) -> None:
-        try:
-            while data := src.recv(65536):
-                dst.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for s in (dst, src):
-                try:
-                    s.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
-            with self.relay.lock:
-                self.pending -= 1
-                if self.pending == 0:
-                    self.relay.open -= 1
-                    src.close()
-                    dst.close()
-
-
 def _relay_for(url: str) -> Relay:
     parts = urlsplit(url)
     assert parts.hostname and parts.port
-    return Relay((parts.hostname, parts.port))
+    return Relay(parts.hostname, parts.port)
 
 
 @pytest.fixture
@@ -113,8 +50,8 @@ def relays(dashscope: Any, opensearch: Any) -> Iterator[dict[str, Relay]]:
 def settings(make_settings: Callable[..., Any], relays: dict[str, Relay], dashscope: Any, opensearch: Any) -> Any:
     """Every fixture built on ``settings`` (client, store, indexed...) reaches the stand-ins through the relays."""
     return make_settings(
-        dashscope_base_url=relays["dashscope"].url(dashscope.base_url),
-        opensearch_url=relays["opensearch"].url(opensearch.url),
+        dashscope_base_url=relays["dashscope"].in_front_of(dashscope.base_url),
+        opensearch_url=relays["opensearch"].in_front_of(opensearch.url),
     )
 
 
