@@ -312,3 +312,20 @@ def test_a_shared_call_failing_for_good_fails_each_of_its_files(settings, dashsc
     assert [c.status for c in dashscope.calls("/embeddings")] == [503]  # one shared call, the fault fired
     again = _concurrent_embeds(embedder, _small_files(5))
     assert all(not isinstance(r, Exception) for r in again), again
+
+
+def test_a_shared_calls_tokens_are_charged_to_each_file_by_its_texts_tokens(settings, client, dashscope):
+    """Two files of the same length in one call, English and Chinese: each file's usage follows its
+    own text's tokens (the stand-in's count, not the product's), not its share of the characters."""
+    from standins.dashscope import count_tokens
+
+    english = "The travel policy reimburses meals up to sixty dollars per day. " * 3
+    chinese = ("差旅政策规定每天的餐费报销上限为六十美元并需提供发票" * 8)[: len(english)]
+    embedder = Embedder(client, settings.embedder, settings.dimensions, pack_linger=2.0)
+    en, zh = _concurrent_embeds(embedder, [[english], [chinese]])
+    assert len(dashscope.calls("/embeddings")) == 1  # one shared call
+    total = en.usage.prompt_tokens + zh.usage.prompt_tokens  # type: ignore[attr-defined]
+    assert total == pytest.approx(count_tokens(english) + count_tokens(chinese), abs=1)
+    expected_zh = count_tokens(chinese) / (count_tokens(english) + count_tokens(chinese))
+    assert zh.usage.prompt_tokens > 2 * en.usage.prompt_tokens  # type: ignore[attr-defined]
+    assert zh.usage.prompt_tokens / total == pytest.approx(expected_zh, abs=0.15)  # type: ignore[attr-defined]

@@ -161,7 +161,7 @@ class Packer:
     """Packs the texts of concurrent :meth:`Embedder.embed` calls (the small files of one SQS batch)
     into shared calls of up to ``cap`` texts: a call goes out as soon as it is full, or ``linger``
     seconds after its first text arrived. Vectors are routed back to each caller by text (a text
-    two callers share is sent once); usage is split by characters, the call counted once.
+    two callers share is sent once); usage is split by estimated tokens, the call counted once.
 
     Failures: a call that still fails after the embedder's retries fails every caller whose texts
     were in it (each SQS record then fails and is retried on its own); a 400 naming a text
@@ -239,16 +239,19 @@ class Packer:
 
     @staticmethod
     def _route(batch: dict[str, list[_Waiter]], texts: list[str], result: EmbeddingBatch) -> None:
-        chars: dict[int, int] = {}
+        # split by estimated tokens, not characters: a Chinese text costs ~4x the tokens of an
+        # English one of the same length, and each file's log line and metrics report its share
+        weight: dict[int, int] = {}
         owners: dict[int, _Waiter] = {}
         for text in texts:
+            tokens = estimate_tokens(text)
             for w in batch[text]:
                 owners[id(w)] = w
-                chars[id(w)] = chars.get(id(w), 0) + len(text)
-        total = sum(chars.values()) or 1
+                weight[id(w)] = weight.get(id(w), 0) + tokens
+        total = sum(weight.values()) or 1
         u = result.usage
         for n, (key, w) in enumerate(owners.items()):
-            share = chars[key] / total
+            share = weight[key] / total
             w.usage += Usage(
                 prompt_tokens=round(u.prompt_tokens * share),
                 cost_usd=u.cost_usd * share,
