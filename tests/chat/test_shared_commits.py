@@ -48,9 +48,8 @@ def start(pool: ThreadPoolExecutor, shared: SharedCommitReads, keys: list[str]) 
 def wait_for_waiters(shared: SharedCommitReads, n: int) -> None:
     """Until ``n`` callers are gathered in the open read (joined, not yet sent)."""
     for _ in range(1000):
-        with shared._cond:
-            read = shared._open
-            if read is not None and len(read.keys) >= n:
+        with shared.runner._cond:
+            if len({k for slot in shared.runner._queue for k in slot.item}) >= n:
                 return
         threading.Event().wait(0.005)
     raise AssertionError("callers never joined the open read")
@@ -110,7 +109,7 @@ def test_a_failed_read_fails_every_caller_that_shared_it_and_frees_its_slot() ->
                 f.result(WAIT)
     table.fail, table.hold = None, None
     assert shared.get_many(["a", "b"]) == {"a": commit("a", "v1"), "b": commit("b", "v1")}  # not stuck
-    assert shared._running == 0 and shared._open is None
+    assert not shared.runner._busy and not shared.runner._queue  # no read running, none gathering
 
 
 def test_a_read_takes_at_most_max_keys_then_a_new_one_gathers() -> None:
